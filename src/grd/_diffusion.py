@@ -1,0 +1,257 @@
+"""The diffusion matrix D(w) of SGD: per-example quantities, matrix-free products, spectrum.
+
+``D(w) = (1/N) Σ_a g_a g_aᵀ − ḡ ḡᵀ = (1/N) CᵀC`` (SPEC §2), the covariance over examples of
+the per-example gradients ``g_a = ∇f_a(w)``; ``C`` is the N×d matrix of centred gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import matfree.decomp
+import matfree.eig
+
+from . import _validation as val
+from ._primitives import centred, jvp_values, per_example_map, weighted_grad
+from ._tree import tree_ravel, tree_size
+
+
+def per_example_losses(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
+    """The ``(N,)`` vector of per-example losses ``f_a(w)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, example) -> scalar``.
+      params: parameter pytree.
+      batch: pytree whose leaves have a leading axis N.
+      chunk_size: stream the batch in chunks of this many examples (``lax.map``).
+
+    Returns:
+      ``(N,)`` array.
+    """
+    val.core_inputs(loss_fn, params, batch, min_size=1)
+    return per_example_map(lambda ex: loss_fn(params, ex), batch, chunk_size)
+
+
+def per_example_grads(loss_fn, params, batch, *, chunk_size: int | None = None):
+    """Per-example gradients ``g_a = ∇f_a(w)`` as a pytree with a leading axis N.
+
+    This stores N×d numbers: the matrix-free functions never call it. Use it for the
+    Woodbury inverse, the exact Gram spectrum and for small models.
+    """
+    val.core_inputs(loss_fn, params, batch, min_size=1)
+    return per_example_map(lambda ex: jax.grad(loss_fn)(params, ex), batch, chunk_size)
+
+
+def _grad_matrix(loss_fn, params, batch, chunk_size=None):
+    """The ``(N, d)`` matrix of per-example gradients in ``ravel_pytree`` order."""
+
+    def one(ex):
+        return tree_ravel(jax.grad(loss_fn)(params, ex))[0]
+
+    return per_example_map(one, batch, chunk_size)
+
+
+def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
+    """``C``: the ``(N, d)`` matrix of centred per-example gradients ``g_a − ḡ`` (dense)."""
+    val.core_inputs(loss_fn, params, batch, min_size=1)
+    G = _grad_matrix(loss_fn, params, batch, chunk_size)
+    return G - jnp.mean(G, axis=0)
+
+
+def diffusion_matvec(loss_fn, params, batch, v, *, chunk_size: int | None = None):
+    """Matrix-free diffusion product ``D v = Cov_a(g_a, g_a·v)`` (SPEC §2).
+
+    With ``s_a = g_a·v`` (one JVP of w ↦ (f_a(w))_a), ``D v = ∇_w (1/N) Σ_a (s_a − s̄) f_a(w)``
+    with the weights held fixed (one VJP). No per-example gradient is stored.
+
+    Args:
+      loss_fn: per-example loss ``loss_fn(params, example) -> scalar``.
+      params: parameter pytree (d scalars in all).
+      batch: pytree with leading axis N ≥ 2.
+      v: pytree with the structure of ``params``.
+      chunk_size: stream the batch in chunks (two passes: JVP values, then the VJP);
+        exact for any chunk size.
+
+    Returns:
+      ``D v`` with the structure of ``params``.
+
+    Cost: ≈ one batch gradient (one JVP + one VJP); memory O(d + N) (O(d + chunk) per pass).
+    """
+    _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
+    return _diffusion_matvec(loss_fn, params, batch, v, chunk_size)
+
+
+def _diffusion_matvec(loss_fn, params, batch, v, chunk_size=None):
+    s = jvp_values(loss_fn, params, batch, v, chunk_size=chunk_size)
+    return weighted_grad(loss_fn, params, batch, centred(s), chunk_size=chunk_size)
+
+
+def diffusion_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
+    """Dense ``D = CᵀC / N``, shape ``(d, d)`` in ``ravel_pytree`` order (small d only)."""
+    n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
+    C = centred_grad_matrix(loss_fn, params, batch, chunk_size=chunk_size)
+    return C.T @ C / n
+
+
+def diffusion_trace(
+    loss_fn,
+    params,
+    batch,
+    *,
+    method: Literal["exact", "hutchinson"] = "exact",
+    num_samples: int = 32,
+    key=None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """``tr D = (1/N) Σ_a |g_a − ḡ|²`` (SPEC §2).
+
+    ``method="exact"`` computes per-example gradient norms in two passes (mean gradient,
+    then centred norms; chunked, never storing N×d numbers when ``chunk_size`` is set).
+    ``method="hutchinson"`` averages ``zᵀ D z`` over ``num_samples`` Rademacher probes
+    (``num_samples`` matrix-free products; unbiased, variance ∝ ‖D‖_F²/num_samples).
+    """
+    n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
+    if method == "exact":
+        weights = jnp.full((n,), 1.0 / n, dtype=val_dtype(params))
+        gbar = weighted_grad(loss_fn, params, batch, weights, chunk_size=chunk_size)
+        gbar_flat = tree_ravel(gbar)[0]
+
+        def sq(ex):
+            g = tree_ravel(jax.grad(loss_fn)(params, ex))[0]
+            return jnp.sum((g - gbar_flat) ** 2)
+
+        return jnp.mean(per_example_map(sq, batch, chunk_size))
+    if method == "hutchinson":
+        if key is None:
+            raise ValueError("`key` is required for method='hutchinson'.")
+        flat, unravel = tree_ravel(params)
+
+        def quad(k):
+            z = jax.random.rademacher(k, flat.shape, dtype=flat.dtype)
+            dz = _diffusion_matvec(loss_fn, params, batch, unravel(z), chunk_size)
+            return jnp.dot(z, tree_ravel(dz)[0])
+
+        return jnp.mean(jax.lax.map(quad, jax.random.split(key, num_samples)))
+    raise ValueError(f"`method` must be 'exact' or 'hutchinson'; got {method!r}.")
+
+
+def val_dtype(params):
+    return jnp.result_type(*jax.tree_util.tree_leaves(params))
+
+
+class Spectrum(NamedTuple):
+    """Eigenvalues of D in descending order, and optionally eigenvectors as a pytree.
+
+    ``eigenvectors`` has the structure of ``params`` with a leading axis k (``None`` unless
+    requested).
+    """
+
+    eigenvalues: jax.Array
+    eigenvectors: object = None
+
+
+def diffusion_spectrum(
+    loss_fn,
+    params,
+    batch,
+    k: int | None = None,
+    *,
+    method: Literal["gram", "lanczos"] = "gram",
+    num_matvecs: int | None = None,
+    key=None,
+    return_eigenvectors: bool = False,
+    chunk_size: int | None = None,
+) -> Spectrum:
+    """Eigenvalues of D in descending order (SPEC §2).
+
+    ``method="gram"`` (exact): the non-zero eigenvalues of D are those of the N×N Gram matrix
+    ``C Cᵀ / N``; eigenvectors ``Cᵀu / √(Nλ)``. Needs the N×d matrix C (N gradients).
+    ``method="lanczos"`` (top-k, matrix-free): Lanczos with full reorthogonalisation
+    (matfree) on ``v ↦ D v`` with ``num_matvecs`` products (default ``min(d, max(2k + 10, 30))``).
+
+    Args:
+      k: number of eigenvalues (default: all ``min(N, d)`` for ``gram``; required ≤ d
+        for ``lanczos``). Since ``rank D ≤ N − 1``, eigenvalues past N − 1 are zero.
+      key: PRNG key of the Lanczos start vector (default ``PRNGKey(0)``).
+      return_eigenvectors: also return the unit eigenvectors as a pytree with leading axis k.
+
+    Returns:
+      :class:`Spectrum`.
+    """
+    n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
+    d = tree_size(params)
+    if k is not None and not 1 <= k <= d:
+        raise ValueError(f"`k` must be between 1 and d = {d}; got {k}.")
+    flat, unravel = tree_ravel(params)
+    if method == "gram":
+        C = centred_grad_matrix(loss_fn, params, batch, chunk_size=chunk_size)
+        gram = C @ C.T / n
+        lam, U = jnp.linalg.eigh(gram)
+        lam, U = lam[::-1], U[:, ::-1]
+        m = min(n, d) if k is None else k
+        if m > n:
+            lam = jnp.concatenate([lam, jnp.zeros((m - n,), lam.dtype)])
+            U = jnp.concatenate([U, jnp.zeros((n, m - n), U.dtype)], axis=1)
+        lam = jnp.clip(lam[:m], 0.0, None)
+        vecs = None
+        if return_eigenvectors:
+            scale = jnp.where(lam > 0, 1.0 / jnp.sqrt(jnp.where(lam > 0, n * lam, 1.0)), 0.0)
+            V = (C.T @ U[:, :m]) * scale  # (d, m)
+            vecs = jax.vmap(unravel)(V.T)
+        return Spectrum(lam, vecs)
+    if method == "lanczos":
+        if k is None:
+            raise ValueError("`k` is required for method='lanczos' (the number of top eigenvalues).")
+        m = num_matvecs if num_matvecs is not None else min(d, max(2 * k + 10, 30))
+        if not k <= m <= d:
+            raise ValueError(f"`num_matvecs` must be between k = {k} and d = {d}; got {m}.")
+        key = jax.random.PRNGKey(0) if key is None else key
+        v0 = jax.random.normal(key, flat.shape, flat.dtype)
+
+        def matvec(x):
+            return tree_ravel(_diffusion_matvec(loss_fn, params, batch, unravel(x), chunk_size))[0]
+
+        eigh = matfree.eig.eigh_partial(matfree.decomp.tridiag_sym(m, custom_vjp=False))
+        lam, V = eigh(matvec, v0)
+        order = jnp.argsort(lam)[::-1][:k]
+        lam = jnp.clip(lam[order], 0.0, None)
+        vecs = jax.vmap(unravel)(V[order]) if return_eigenvectors else None
+        return Spectrum(lam, vecs)
+    raise ValueError(f"`method` must be 'gram' or 'lanczos'; got {method!r}.")
+
+
+def diffusion_rank(
+    eigenvalues, d: int, *, threshold: Literal["relative", "absolute"] = "relative", atol=None
+):
+    """Numerical rank of D from its eigenvalues (SPEC §6).
+
+    ``threshold="relative"``: count of λ > λ_max · d · eps_float32 (Chaudhari & Soatto);
+    ``"absolute"``: count of λ > ``atol``.
+    """
+    lam = jnp.asarray(eigenvalues)
+    if threshold == "relative":
+        tol = jnp.max(lam) * d * jnp.finfo(jnp.float32).eps
+    elif threshold == "absolute":
+        if atol is None:
+            raise ValueError("`atol` is required for threshold='absolute'.")
+        tol = atol
+    else:
+        raise ValueError(f"`threshold` must be 'relative' or 'absolute'; got {threshold!r}.")
+    return jnp.sum(lam > tol)
+
+
+def lambda_max(loss_fn, params, batch, *, num_matvecs: int = 20, key=None, chunk_size=None):
+    """Largest eigenvalue of D by Lanczos (``num_matvecs`` matrix-free products)."""
+    d = tree_size(params)
+    return diffusion_spectrum(
+        loss_fn,
+        params,
+        batch,
+        1,
+        method="lanczos",
+        num_matvecs=min(d, num_matvecs),
+        key=key,
+        chunk_size=chunk_size,
+    ).eigenvalues[0]

@@ -1,0 +1,277 @@
+"""The diffusion metric ``g = I + ε D(w)`` and its inverse (SPEC §3).
+
+g is positive definite for every ε ≥ 0. The inverse comes in four forms:
+
+* ``"cg"`` — exact, matrix-free: conjugate gradients (lineax) on ``v ↦ v + ε D v``; the
+  condition number is ``1 + ε λ_max``, so few iterations are needed.
+* ``"woodbury"`` — exact: ``g⁻¹ = I − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C`` (an N×N Cholesky solve; needs
+  the N×d matrix C of centred per-example gradients).
+* ``"weak_field"`` — first order: ``g⁻¹ ≈ I − ε D``, error O(ε²‖D‖²), valid (and positive
+  definite) only for ``ε λ_max < 1``.
+* ``"neumann"`` — ``Σ_{j≤K} (−ε D)^j``; converges iff ``ε λ_max < 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from . import _validation as val
+from ._diffusion import _diffusion_matvec, lambda_max
+from ._primitives import per_example_map
+from ._tree import tree_add_scale, tree_norm, tree_ravel, tree_sub
+
+InverseMethod = Literal["weak_field", "neumann", "cg", "woodbury"]
+
+
+class InverseInfo(NamedTuple):
+    """Diagnostics of an inverse: iterations used and the residual ``‖b − g x‖``."""
+
+    num_steps: jax.Array
+    residual_norm: jax.Array
+
+
+def _metric_apply(loss_fn, params, batch, v, eps, chunk_size=None):
+    return tree_add_scale(v, eps, _diffusion_matvec(loss_fn, params, batch, v, chunk_size))
+
+
+def metric_apply(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
+    """``g v = v + ε D v`` (matrix-free: one D·v product)."""
+    _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
+    eps = val.check_eps(eps)
+    return _metric_apply(loss_fn, params, batch, v, eps, chunk_size)
+
+
+def _check_weak_field(eps, lam_max, method, estimate=None):
+    if not val.CHECKS_ENABLED or lam_max is None:
+        return eps
+    if isinstance(lam_max, str):
+        if lam_max != "estimate":
+            raise ValueError(f"`lam_max` must be a number, None or 'estimate'; got {lam_max!r}.")
+        lam_max = estimate()
+    x = eps * lam_max
+    if isinstance(x, int | float):
+        if x >= 1:
+            raise ValueError(
+                f"{method} inverse needs eps·λ_max < 1; got eps·λ_max = {x:.3g}. Use a smaller "
+                "`eps` or an exact inverse (method='cg' or 'woodbury')."
+            )
+        return eps
+    return eqx.error_if(
+        eps,
+        x >= 1,
+        f"{method} inverse needs eps·λ_max < 1; use a smaller `eps` or method='cg'/'woodbury'.",
+    )
+
+
+def woodbury_inverse(C, v_flat, eps):
+    """``g⁻¹ v = v − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C v`` for a flat ``v`` and the ``(N, d)`` matrix ``C``."""
+    n = C.shape[0]
+    gram = n * jnp.eye(n, dtype=C.dtype) + eps * (C @ C.T)
+    chol = jax.scipy.linalg.cho_factor(gram, lower=True)
+    y = jax.scipy.linalg.cho_solve(chol, C @ v_flat)
+    return v_flat - eps * (C.T @ y)
+
+
+def _metric_inverse(
+    loss_fn,
+    params,
+    batch,
+    v,
+    eps,
+    method: InverseMethod = "cg",
+    *,
+    lam_max=None,
+    num_terms: int = 4,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 100,
+    per_example_grads=None,
+    chunk_size=None,
+):
+    Dv = lambda x: _diffusion_matvec(loss_fn, params, batch, x, chunk_size)
+    estimate = lambda: lambda_max(loss_fn, params, batch, num_matvecs=10, chunk_size=chunk_size)
+    if method == "weak_field":
+        eps = _check_weak_field(eps, lam_max, "weak-field", estimate)
+        return tree_add_scale(v, -eps, Dv(v)), InverseInfo(jnp.asarray(1), jnp.asarray(jnp.nan))
+    if method == "neumann":
+        eps = _check_weak_field(eps, lam_max, "Neumann", estimate)
+
+        def body(_, carry):
+            term, acc = carry
+            term = jax.tree_util.tree_map(lambda t: -eps * t, Dv(term))
+            return term, jax.tree_util.tree_map(jnp.add, acc, term)
+
+        _, out = jax.lax.fori_loop(0, num_terms, body, (v, v))
+        return out, InverseInfo(jnp.asarray(num_terms), jnp.asarray(jnp.nan))
+    if method == "cg":
+        op = lx.FunctionLinearOperator(
+            lambda x: _metric_apply(loss_fn, params, batch, x, eps, chunk_size),
+            jax.eval_shape(lambda: v),
+            tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
+        )
+        sol = lx.linear_solve(op, v, lx.CG(rtol=rtol, atol=atol, max_steps=max_steps))
+        return sol.value, InverseInfo(sol.stats["num_steps"], jnp.asarray(jnp.nan))
+    if method == "woodbury":
+        if per_example_grads is None:
+
+            def one(ex):
+                return tree_ravel(jax.grad(loss_fn)(params, ex))[0]
+
+            G = per_example_map(one, batch, chunk_size)
+        else:
+            G = jax.vmap(lambda g: tree_ravel(g)[0])(per_example_grads)
+        C = G - jnp.mean(G, axis=0)
+        flat, unravel = tree_ravel(v)
+        return unravel(woodbury_inverse(C, flat, eps)), InverseInfo(
+            jnp.asarray(1), jnp.asarray(jnp.nan)
+        )
+    raise ValueError(
+        f"`method` must be one of 'weak_field', 'neumann', 'cg', 'woodbury'; got {method!r}."
+    )
+
+
+def metric_inverse(
+    loss_fn,
+    params,
+    batch,
+    v,
+    eps,
+    *,
+    method: InverseMethod = "cg",
+    lam_max="estimate",
+    num_terms: int = 4,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 100,
+    per_example_grads=None,
+    chunk_size: int | None = None,
+    return_info: bool = False,
+):
+    """``g⁻¹ v`` with ``g = I + ε D(w)`` (SPEC §3).
+
+    Args:
+      loss_fn, params, batch: as in :func:`grd.diffusion_matvec`.
+      v: pytree with the structure of ``params``.
+      eps: ε ≥ 0.
+      method: ``"cg"`` (exact, matrix-free, lineax CG), ``"woodbury"`` (exact, N×N solve),
+        ``"weak_field"`` (``v − ε D v``), ``"neumann"`` (``num_terms`` terms of the series).
+      lam_max: λ_max(D) for the check ``ε λ_max < 1`` of the weak-field and Neumann inverses
+        (eagerly, or inside jit with ``eqx.error_if``). ``"estimate"`` (default) estimates it
+        by 10 Lanczos products; pass the value when known (hot loops), or ``None`` to skip.
+      rtol, atol, max_steps: CG tolerances; CG failing to converge raises (lineax).
+      per_example_grads: optional pytree with leading N for the Woodbury path.
+      return_info: also return :class:`InverseInfo` with the iteration count and the
+        residual ``‖v − g x‖`` (one extra product).
+
+    Cost: weak-field 1 product; Neumann ``num_terms``; CG ``num_steps`` + 1; Woodbury N
+    gradients and an N×N Cholesky.
+    """
+    n, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
+    eps = val.check_eps(eps)
+    out, info = _metric_inverse(
+        loss_fn,
+        params,
+        batch,
+        v,
+        eps,
+        method,
+        lam_max=lam_max,
+        num_terms=num_terms,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        per_example_grads=per_example_grads,
+        chunk_size=chunk_size,
+    )
+    if not return_info:
+        return out
+    resid = tree_norm(tree_sub(v, _metric_apply(loss_fn, params, batch, out, eps, chunk_size)))
+    return out, InverseInfo(info.num_steps, resid)
+
+
+class DiffusionMetric(eqx.Module):
+    """The diffusion metric ``g(w) = I + ε D(w)`` of a loss on a batch (SPEC §3).
+
+    A small immutable pytree: it passes through ``jax.jit`` unchanged. Build it with an
+    absolute ε, or with :meth:`relative` for ``ε = c / λ_max(D(w₀))``.
+
+    Attributes:
+      loss_fn: per-example loss ``loss_fn(params, example) -> scalar`` (static).
+      batch: pytree with leading axis N.
+      eps: ε ≥ 0.
+      lam_max: λ_max(D) at the reference point, if known (used to check the weak-field and
+        Neumann inverses; ``ε·λ_max`` is :attr:`field_strength`).
+      chunk_size: stream the batch in chunks of this size (static).
+
+    Example:
+      >>> metric = grd.DiffusionMetric.relative(loss_fn, params, batch, c=0.5)
+      >>> gv = metric.apply(params, v)
+      >>> v_back = metric.inverse(params, gv, method="cg")
+    """
+
+    loss_fn: Callable = eqx.field(static=True)
+    batch: object
+    eps: jax.Array | float
+    lam_max: jax.Array | float | None = None
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        val.batch_size(self.batch, min_size=2)
+        val.check_eps(self.eps)
+
+    @classmethod
+    def relative(
+        cls, loss_fn, params0, batch, c: float, *, chunk_size=None, num_matvecs: int = 20, key=None
+    ):
+        """The metric with ``ε = c / λ_max(D(w₀))`` (λ_max by Lanczos at ``params0``)."""
+        if not c >= 0:
+            raise ValueError(f"`c` must be ≥ 0; got {c}.")
+        lam = lambda_max(
+            loss_fn, params0, batch, num_matvecs=num_matvecs, key=key, chunk_size=chunk_size
+        )
+        eps = c / lam
+        return cls(loss_fn, batch, eps, lam, chunk_size)
+
+    @property
+    def field_strength(self):
+        """``ε·λ_max`` at the reference point (< 1 for the weak-field inverse to be valid)."""
+        return None if self.lam_max is None else self.eps * self.lam_max
+
+    def diffusion(self, params, v):
+        """``D(w) v``."""
+        _, params, batch, v = val.core_inputs(self.loss_fn, params, self.batch, v=v)
+        return _diffusion_matvec(self.loss_fn, params, batch, v, self.chunk_size)
+
+    def apply(self, params, v):
+        """``g(w) v = v + ε D(w) v``."""
+        return metric_apply(self.loss_fn, params, self.batch, v, self.eps, chunk_size=self.chunk_size)
+
+    def inverse(self, params, v, method: InverseMethod = "cg", **kwargs):
+        """``g(w)⁻¹ v``; see :func:`grd.metric_inverse` for the methods and options."""
+        if self.lam_max is not None:
+            kwargs.setdefault("lam_max", self.lam_max)
+        return metric_inverse(
+            self.loss_fn,
+            params,
+            self.batch,
+            v,
+            self.eps,
+            method=method,
+            chunk_size=self.chunk_size,
+            **kwargs,
+        )
+
+    def dense(self, params):
+        """Dense ``(d, d)`` matrix ``I + ε D`` in ``ravel_pytree`` order (small d only)."""
+        from ._diffusion import diffusion_matrix
+
+        D = diffusion_matrix(self.loss_fn, params, self.batch, chunk_size=self.chunk_size)
+        return jnp.eye(D.shape[0], dtype=D.dtype) + self.eps * D
+
+

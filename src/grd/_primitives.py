@@ -1,0 +1,124 @@
+"""The one primitive behind D·v, Γ(v,v) and ½∂g(v,v): centred per-example weights.
+
+Every matrix-free product of grd is a covariance over examples of a per-example scalar
+``s_a`` (a JVP value) with the per-example gradient ``g_a`` or Hessian product ``H_a v``:
+
+    Cov_a(s_a, g_a) = ∇_w [ (1/N) Σ_a (s_a − s̄) f_a(w) ]           (weights held fixed)
+
+(SPEC §2, §4). Centring the weights first is the two-pass form of the covariance: it avoids
+the cancellation of E[s g] − E[s] E[g] in float32. The functions here stream the batch in
+chunks of ``chunk_size`` examples (padding the last chunk with zero-weight copies of a real
+example, which is exact), so memory is bounded by the chunk and not by N.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._tree import tree_add, tree_zeros_like
+
+
+def _single(loss_fn, params, example):
+    return loss_fn(params, example)
+
+
+def per_example_map(fn, batch, chunk_size: int | None):
+    """``vmap(fn)(batch)``, or ``lax.map`` over chunks of ``chunk_size`` examples."""
+    if chunk_size is None:
+        return jax.vmap(fn)(batch)
+    return jax.lax.map(fn, batch, batch_size=int(chunk_size))
+
+
+def jvp_values(loss_fn, params, batch, v, *, order: int = 1, chunk_size: int | None = None):
+    """Per-example directional derivatives of ``f_a`` along ``v``.
+
+    ``order=1``: ``s_a = g_a·v`` (one JVP of the vector map w ↦ (f_a(w))_a).
+    ``order=2``: ``q_a = vᵀ H_a v`` (forward over forward).
+
+    Returns an ``(N,)`` array. Cost: one JVP (order 1) or two nested JVPs (order 2).
+    """
+
+    def f(p, ex):
+        return loss_fn(p, ex)
+
+    def one(ex):
+        if order == 1:
+            return jax.jvp(lambda p: f(p, ex), (params,), (v,))[1]
+        if order == 2:
+
+            def first(p):
+                return jax.jvp(lambda q: f(q, ex), (p,), (v,))[1]
+
+            return jax.jvp(first, (params,), (v,))[1]
+        raise ValueError(f"order must be 1 or 2; got {order}.")
+
+    return per_example_map(one, batch, chunk_size)
+
+
+def centred(s):
+    """``(s − mean(s)) / N``: the weights of a covariance over examples."""
+    n = s.shape[0]
+    return (s - jnp.mean(s)) / n
+
+
+def _chunks(batch, weights, chunk_size: int):
+    """Reshape ``batch`` and ``weights`` into ``(n_chunks, chunk_size, …)``, zero-weight padded."""
+    n = weights.shape[0]
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
+        return x.reshape((n_chunks, chunk_size) + x.shape[1:])
+
+    w = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)]) if pad else weights
+    return jax.tree_util.tree_map(split, batch), w.reshape(n_chunks, chunk_size)
+
+
+def weighted_loss(loss_fn, params, batch, weights):
+    """``Σ_a c_a f_a(w)`` with the weights ``c`` held fixed (no gradient through them)."""
+    weights = jax.lax.stop_gradient(weights)
+    losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
+    return jnp.sum(weights.astype(losses.dtype) * losses)
+
+
+def weighted_grad(loss_fn, params, batch, weights, *, chunk_size: int | None = None):
+    """``∇_w Σ_a c_a f_a(w)`` with fixed weights ``c`` (one VJP; chunked when asked).
+
+    With centred weights ``c = (s − s̄)/N`` this is ``Cov_a(s_a, g_a)``.
+    """
+    if chunk_size is None or chunk_size >= weights.shape[0]:
+        return jax.grad(weighted_loss, argnums=1)(loss_fn, params, batch, weights)
+    xs, ws = _chunks(batch, weights, int(chunk_size))
+
+    def body(acc, chunk):
+        b, w = chunk
+        return tree_add(acc, jax.grad(weighted_loss, argnums=1)(loss_fn, params, b, w)), None
+
+    out, _ = jax.lax.scan(body, tree_zeros_like(params), (xs, ws))
+    return out
+
+
+def weighted_hvp(loss_fn, params, batch, weights, v, *, chunk_size: int | None = None):
+    """``∇²_w [Σ_a c_a f_a(w)] · v`` with fixed weights (forward-over-reverse HVP)."""
+
+    def hvp(b, w):
+        grad_fn = lambda p: jax.grad(weighted_loss, argnums=1)(loss_fn, p, b, w)
+        return jax.jvp(grad_fn, (params,), (v,))[1]
+
+    if chunk_size is None or chunk_size >= weights.shape[0]:
+        return hvp(batch, weights)
+    xs, ws = _chunks(batch, weights, int(chunk_size))
+
+    def body(acc, chunk):
+        return tree_add(acc, hvp(*chunk)), None
+
+    out, _ = jax.lax.scan(body, tree_zeros_like(params), (xs, ws))
+    return out
+
+
+def mean_weights(n: int, dtype):
+    """Uniform weights ``1/N``: the mean loss."""
+    return jnp.full((n,), 1.0 / n, dtype=dtype)

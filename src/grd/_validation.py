@@ -1,0 +1,140 @@
+"""Input validation shared by every public function.
+
+Structural checks (pytree structure, leading axes, dtypes, scalar losses) run eagerly in
+Python, at trace time, so they cost nothing at run time. Value checks (finite inputs, ε ≥ 0,
+ε·λ_max < 1 for the weak-field inverse) run inside compiled code through
+:func:`equinox.error_if`, so they also fire under ``jax.jit``.
+
+Value checks can be switched off for speed by setting the environment variable
+``GRD_CHECKS=0`` before importing grd (read once, at import time).
+"""
+
+from __future__ import annotations
+
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+CHECKS_ENABLED: bool = os.environ.get("GRD_CHECKS", "1").strip().lower() not in (
+    "0",
+    "false",
+    "off",
+    "no",
+)
+
+
+def batch_size(batch, *, name: str = "batch", min_size: int = 1) -> int:
+    """Return the common leading-axis length N of ``batch``; raise if leaves disagree."""
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves:
+        raise ValueError(f"`{name}` is an empty pytree; expected arrays with a leading axis N.")
+    sizes = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        shape = jnp.shape(leaf)
+        if len(shape) == 0:
+            raise ValueError(
+                f"`{name}` leaf {jax.tree_util.keystr(path)} is a scalar; every leaf needs a "
+                "leading example axis N."
+            )
+        sizes.append((jax.tree_util.keystr(path), shape[0]))
+    if len({s for _, s in sizes}) != 1:
+        detail = ", ".join(f"{p or '<root>'}: {s}" for p, s in sizes)
+        raise ValueError(
+            f"`{name}` leaves have mismatched leading axes ({detail}); every leaf must have "
+            "the same number of examples N on axis 0."
+        )
+    n = sizes[0][1]
+    if n == 0:
+        raise ValueError(f"`{name}` is empty (N = 0); pass at least {max(min_size, 1)} examples.")
+    if n < min_size:
+        raise ValueError(
+            f"`{name}` has N = {n} example(s); this needs N ≥ {min_size} "
+            "(a covariance over one example is zero by definition)."
+        )
+    return n
+
+
+def same_structure(v, params, *, name: str = "v") -> None:
+    """Raise if ``v`` does not have the pytree structure and leaf shapes of ``params``."""
+    sv, sp = jax.tree_util.tree_structure(v), jax.tree_util.tree_structure(params)
+    if sv != sp:
+        raise ValueError(
+            f"`{name}` must have the pytree structure of `params`; got {sv}, expected {sp}."
+        )
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(v)[0], jax.tree_util.tree_leaves(params), strict=True
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"`{name}` leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(a)}; "
+                f"the matching leaf of `params` has shape {jnp.shape(b)}."
+            )
+
+
+def floating_params(params, *, name: str = "params") -> None:
+    """Raise unless every leaf of ``params`` is a floating-point array of one dtype."""
+    dtypes = {jnp.result_type(x) for x in jax.tree_util.tree_leaves(params)}
+    if not dtypes:
+        raise ValueError(f"`{name}` has no array leaves.")
+    for dt in dtypes:
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise TypeError(f"`{name}` must hold floating-point arrays; found dtype {dt}.")
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"`{name}` mixes floating dtypes {sorted(map(str, dtypes))}; cast every leaf to one "
+            "dtype (e.g. with jax.tree.map(lambda x: x.astype(jnp.float64), params))."
+        )
+
+
+def scalar_loss(loss_fn, params, batch) -> None:
+    """Raise if ``loss_fn(params, example)`` is not a scalar for one example of ``batch``."""
+    example = jax.tree_util.tree_map(lambda x: x[0], batch)
+    out = jax.eval_shape(loss_fn, params, example)
+    if not hasattr(out, "shape") or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"`loss_fn(params, example)` must return a scalar per example; got shape {shape}. "
+            "Reduce it (e.g. with .sum() or .mean()) inside loss_fn."
+        )
+
+
+def check_eps(eps):
+    """Return ``eps`` after checking ε ≥ 0 and finite (eagerly, or in-graph when traced)."""
+    if isinstance(eps, int | float):
+        if not eps >= 0 or eps != eps or eps == float("inf"):
+            raise ValueError(f"`eps` must be a finite number ≥ 0; got {eps}.")
+        return eps
+    eps = jnp.asarray(eps)
+    if eps.shape != ():
+        raise ValueError(f"`eps` must be a scalar; got shape {eps.shape}.")
+    if CHECKS_ENABLED:
+        eps = eqx.error_if(
+            eps, ~(jnp.isfinite(eps) & (eps >= 0)), "`eps` must be a finite number ≥ 0."
+        )
+    return eps
+
+
+def check_finite(tree, name: str):
+    """Return ``tree`` with an in-graph check that every leaf is finite (no NaN/inf)."""
+    if not CHECKS_ENABLED:
+        return tree
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return tree
+    bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+    return eqx.error_if(tree, bad, f"`{name}` contains NaN or inf; clean or mask the input.")
+
+
+def core_inputs(loss_fn, params, batch, *, min_size: int = 2, v=None):
+    """Validate the common ``(loss_fn, params, batch[, v])`` arguments; return N and the checked trees."""
+    n = batch_size(batch, min_size=min_size)
+    floating_params(params)
+    scalar_loss(loss_fn, params, batch)
+    params = check_finite(params, "params")
+    batch = check_finite(batch, "batch")
+    if v is not None:
+        same_structure(v, params)
+        v = check_finite(v, "v")
+    return n, params, batch, v
