@@ -137,9 +137,7 @@ def validate_binary(v: ArrayLike, name: str = "v") -> Array:
     """
     if isinstance(v, jax.core.Tracer):
         bad = jnp.any((v != 0) & (v != 1))
-        return eqx.error_if(
-            v, bad, f"`{name}` must be binary visible data (every entry 0 or 1)."
-        )
+        return eqx.error_if(v, bad, f"`{name}` must be binary visible data (every entry 0 or 1).")
     v = jnp.asarray(v)
     if v.dtype == jnp.bool_:
         return v
@@ -190,9 +188,7 @@ def init_rbm(
         ``{"W": (n_v, n_h), "a": (n_v,), "b": (n_h,)}``.
     """
     if n_visible < 1 or n_hidden < 1:
-        raise ValueError(
-            f"`n_visible` and `n_hidden` must be ≥ 1; got {n_visible} and {n_hidden}."
-        )
+        raise ValueError(f"`n_visible` and `n_hidden` must be ≥ 1; got {n_visible} and {n_hidden}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
     W = scale * jax.random.normal(key, (n_visible, n_hidden), dtype=dtype)
