@@ -1,0 +1,319 @@
+"""The ``grd`` command line: ``grd reproduce``, ``grd bench``, ``grd info``.
+
+Bad arguments give a one-line error on stderr and exit code 2 (argparse's convention); a
+failure during a run gives a one-line error and exit code 1. Set ``GRD_DEBUG=1`` to see the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from . import _reproduce as rp
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line: ``grd <cmd>: error: ...``."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Explicit(argparse.Action):
+    """Store the value and remember that the option was given (so ``--tiny`` does not win)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        explicit = set(getattr(namespace, "explicit", set()))
+        explicit.add(self.dest)
+        namespace.explicit = explicit
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _float_list(kind):
+    def parse(text: str) -> tuple[float, ...]:
+        parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+        if not parts:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return tuple(kind(p) for p in parts)
+
+    return parse
+
+
+def _section_list(text: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["all"]:
+        return rp.SECTIONS
+    unknown = [p for p in parts if p not in rp.SECTIONS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(rp.SECTIONS)} or 'all'"
+        )
+    return tuple(parts)
+
+
+def _add_reproduce(sub) -> None:
+    d = rp.ReproduceConfig()
+    p = sub.add_parser(
+        "reproduce",
+        help="train an MLP on the bundled digits, analyse SGD and write a report directory",
+        description=(
+            "Train a two-layer MLP on the bundled digits data with constant-step SGD, record "
+            "the trajectory, and analyse it: spectrum and rank of the diffusion matrix D and "
+            "the gradient noise scale at checkpoints, then the other sections chosen with "
+            "--sections. Writes a self-contained directory: report.html (figures embedded, "
+            "opens from disk), report.md, figures/*.png and metrics.json (every number shown). "
+            "The default run takes a few minutes on 2 CPU cores; --tiny runs in seconds."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", "-o", type=Path, default=Path("grd-report"),
+                   help="report directory (created; written atomically at the end)")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="overwrite --out if it exists and is not empty (otherwise: ask on a "
+                        "terminal, refuse in non-interactive use)")
+    p.add_argument("--sections", action=_Explicit, type=_section_list, default=rp.SECTIONS,
+                   help="comma-separated analysis sections to run, or 'all'; training always "
+                        f"runs. Sections: {', '.join(rp.SECTIONS)}")
+    p.add_argument("--width", action=_Explicit, type=_positive_int, default=d.width,
+                   help="hidden width of the 64-width-10 tanh MLP")
+    p.add_argument("--n-train", action=_Explicit, type=_positive_int, default=d.n_train,
+                   help="number of training examples (a seeded subset of the 1 797 digits, "
+                        "after holding out the test fraction); D is computed on all of them")
+    p.add_argument("--steps", action=_Explicit, type=_positive_int, default=d.steps,
+                   help="SGD steps")
+    p.add_argument("--batch-size", action=_Explicit, type=_positive_int, default=d.batch_size,
+                   help="SGD minibatch size b (sampled with replacement)")
+    p.add_argument("--lr", action=_Explicit, type=_positive_float, default=d.lr,
+                   help="SGD learning rate η")
+    p.add_argument("--record-every", action=_Explicit, type=_positive_int, default=d.record_every,
+                   help="record a parameter snapshot every this many SGD steps")
+    p.add_argument("--checkpoints", action=_Explicit, type=_float_list(_fraction),
+                   default=d.checkpoints, metavar="F[,F...]",
+                   help="fractions of training at which D is analysed")
+    p.add_argument("--eps", action=_Explicit, type=_float_list(_positive_float), default=d.eps,
+                   metavar="C[,C...]",
+                   help="metric strengths for the flows, in units of 1/λ_max(D(w0)): "
+                        "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)")
+    p.add_argument("--seed", action=_Explicit, type=int, default=d.seed,
+                   help="seed of the initialisation and the SGD minibatches")
+    p.add_argument("--data-seed", action=_Explicit, type=int, default=d.data_seed,
+                   help="seed of the shuffle that picks the train/test subsets")
+    p.add_argument("--float64", action="store_true", help="compute in float64 (enables jax x64)")
+    p.add_argument("--tiny", action="store_true",
+                   help="a seconds-long setting for smoke tests (small width, data and steps); "
+                        "explicit options still override it")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce, parser=p)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark scripts benchmarks/bench_*.py and print their tables",
+        description=(
+            "Run each benchmarks/bench_*.py script in a subprocess (with --quick when the "
+            "script supports it, unless --full) and print its output. Benchmarks are looked "
+            "for in --dir, else ./benchmarks, else the benchmarks/ directory of the grd "
+            "source checkout."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dir", type=Path, default=None, help="directory holding bench_*.py")
+    p.add_argument("--full", action="store_true", help="run without --quick (slow)")
+    p.add_argument("-k", "--filter", default=None, metavar="SUBSTRING",
+                   help="only run scripts whose name contains SUBSTRING")
+    p.add_argument("--list", action="store_true", help="list the scripts and exit")
+    p.add_argument("--timeout", type=_positive_float, default=1800.0,
+                   help="seconds allowed per script")
+    p.set_defaults(func=_cmd_bench, parser=p)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="print versions, devices and whether float64 (x64) is enabled",
+        description="Print the versions of grd and its JAX stack, the devices and the x64 flag.",
+    )
+    p.set_defaults(func=_cmd_info, parser=p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``grd`` argument parser (subcommands reproduce, bench, info)."""
+    parser = _Parser(
+        prog="grd",
+        description="grd: the geometry of SGD in JAX (diffusion matrix, diffusion metric, "
+                    "GRD/NGD flows, SGD analysis).",
+        epilog="Run 'grd <command> --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    sub.required = True
+    _add_reproduce(sub)
+    _add_bench(sub)
+    _add_info(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_reproduce(args) -> int:
+    p = args.parser
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            answer = input(f"{out} is not empty. Overwrite it? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                print("grd reproduce: not overwriting; nothing done.", file=sys.stderr)
+                return 1
+        else:
+            p.error(f"--out {out} is not empty; pass --force to overwrite it")
+    explicit = set(getattr(args, "explicit", set())) | ({"float64"} if args.float64 else set())
+    fields = {f for f in rp.ReproduceConfig.__dataclass_fields__}
+    values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
+    if args.tiny:
+        config = rp.ReproduceConfig.tiny(**{k: v for k, v in values.items() if k in explicit})
+    else:
+        config = rp.ReproduceConfig(**values)
+    try:
+        config.validate()
+    except ValueError as e:
+        p.error(str(e))
+    files = rp.reproduce(config, out, overwrite=True, progress=not args.quiet,
+                         command=["grd", *sys.argv[1:]] if args.argv is None else
+                         ["grd", *args.argv])
+    print(f"wrote {len(files)} files to {out}/ (open {out / 'report.html'})")
+    return 0
+
+
+def _find_benchmarks(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        return explicit
+    for cand in (Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"):
+        if cand.is_dir() and any(cand.glob("bench_*.py")):
+            return cand
+    return None
+
+
+def _cmd_bench(args) -> int:
+    p = args.parser
+    root = _find_benchmarks(args.dir)
+    if root is None:
+        p.error("no benchmarks/ directory with bench_*.py found; pass --dir")
+    if not root.is_dir():
+        p.error(f"--dir {root} is not a directory")
+    scripts = sorted(root.glob("bench_*.py"))
+    if args.filter:
+        scripts = [s for s in scripts if args.filter in s.name]
+    if not scripts:
+        p.error(f"no bench_*.py script in {root}" + (f" matching {args.filter!r}" if
+                                                       args.filter else ""))
+    if args.list:
+        for s in scripts:
+            print(s)
+        return 0
+    failed = []
+    for script in scripts:
+        quick = not args.full and "--quick" in script.read_text(encoding="utf-8")
+        cmd = [sys.executable, str(script), *(["--quick"] if quick else [])]
+        print(f"=== {script.name}{' --quick' if quick else ''}", flush=True)
+        try:
+            proc = subprocess.run(cmd, cwd=root.parent, timeout=args.timeout,
+                                  capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            print(f"grd bench: {script.name} timed out after {args.timeout:g} s", file=sys.stderr)
+            failed.append(script.name)
+            continue
+        sys.stdout.write(proc.stdout)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+            print(f"grd bench: {script.name} failed (exit {proc.returncode}): {tail[0]}",
+                  file=sys.stderr)
+            failed.append(script.name)
+        sys.stdout.flush()
+    if failed:
+        print(f"grd bench: {len(failed)} of {len(scripts)} failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_info(args) -> int:
+    del args
+    import jax
+
+    versions = rp._versions()
+    width = max(len(k) for k in versions)
+    for name, version in versions.items():
+        print(f"{name:<{width}}  {version}")
+    print(f"{'devices':<{width}}  {', '.join(str(d) for d in jax.devices())}")
+    print(f"{'backend':<{width}}  {jax.default_backend()}")
+    print(f"{'x64':<{width}}  {'on' if jax.config.jax_enable_x64 else 'off'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``grd`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed its one-line message
+        return int(e.code) if isinstance(e.code, int) else 2
+    args.argv = argv
+    try:
+        return args.func(args)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 2
+    except KeyboardInterrupt:
+        print(f"grd {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("GRD_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"grd {args.command}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
