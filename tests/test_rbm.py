@@ -188,7 +188,7 @@ def _cd_vs_exact_z(params, data, k, replicas, key):
     (plus the bias of a finite chain); the standard error comes from the samples' own spread.
     """
     v = jnp.tile(data, (replicas, 1))
-    batch = jax.jit(rbm.cd_batch, static_argnums=3)(params, v, key, k)
+    batch = rbm.cd_batch(params, v, key, k)
     mean_loss = lambda p: jnp.mean(jax.vmap(rbm.cd_loss, in_axes=(None, 0))(p, batch))
     cd = flat(jax.grad(mean_loss)(params))
     exact = flat(rbm.exact_kl_gradient(params, data))

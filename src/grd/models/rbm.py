@@ -42,6 +42,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -327,7 +328,12 @@ def gibbs_chain(params: Params, v0: ArrayLike, key: PRNGKeyArray, k: int | Array
     _check_units(v0, n_v, name="v0", what="visible")
     if isinstance(k, int) and k < 0:
         raise ValueError(f"`k` (number of Gibbs sweeps) must be ≥ 0; got {k}.")
-    v0 = _as_float(v0, params)
+    return _gibbs_chain(params, _as_float(v0, params), key, k)
+
+
+@jax.jit
+def _gibbs_chain(params, v0, key, k):
+    # Compiled once per shape/dtype (k is traced), so eager calls do not retrace the loop.
     return jax.lax.fori_loop(
         0, k, lambda i, v: gibbs_step(params, v, jax.random.fold_in(key, i)), v0
     )
@@ -493,6 +499,11 @@ def log_partition(
     """
     _, n_h = _check_params(params)
     chunk = _check_enumeration(n_h, chunk_size, max_hidden, "log_partition")
+    return _log_partition(params, chunk)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _log_partition(params, chunk):
     n_chunks, terms = _hidden_enumeration(params, chunk)
 
     @jax.checkpoint
@@ -523,9 +534,13 @@ def log_likelihood(
     """
     n_v, _ = _check_params(params)
     _check_units(v_data, n_v, name="v_data", what="visible")
-    v_data = validate_binary(v_data, "v_data")
-    log_z = log_partition(params, chunk_size=chunk_size, max_hidden=max_hidden)
-    return -jnp.mean(free_energy(params, v_data)) - log_z
+    chunk = _check_enumeration(params["W"].shape[1], chunk_size, max_hidden, "log_likelihood")
+    return _log_likelihood(params, validate_binary(v_data, "v_data"), chunk)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _log_likelihood(params, v_data, chunk):
+    return -jnp.mean(free_energy(params, v_data)) - _log_partition(params, chunk)
 
 
 def exact_kl_gradient(
@@ -552,9 +567,15 @@ def exact_kl_gradient(
     Returns:
         A pytree like ``params``.
     """
-    return jax.grad(
-        lambda p: -log_likelihood(p, v_data, chunk_size=chunk_size, max_hidden=max_hidden)
-    )(params)
+    n_v, n_h = _check_params(params)
+    _check_units(v_data, n_v, name="v_data", what="visible")
+    chunk = _check_enumeration(n_h, chunk_size, max_hidden, "exact_kl_gradient")
+    return _exact_kl_gradient(params, validate_binary(v_data, "v_data"), chunk)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _exact_kl_gradient(params, v_data, chunk):
+    return jax.grad(lambda p: -_log_likelihood(p, v_data, chunk))(params)
 
 
 def model_marginals(
@@ -575,7 +596,12 @@ def model_marginals(
     """
     _, n_h = _check_params(params)
     chunk = _check_enumeration(n_h, chunk_size, max_hidden, "model_marginals")
-    log_z = log_partition(params, chunk_size=chunk_size, max_hidden=max_hidden)
+    return _model_marginals(params, chunk)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _model_marginals(params, chunk):
+    log_z = _log_partition(params, chunk)
     n_chunks, terms = _hidden_enumeration(params, chunk)
 
     def chunk_marginals(c):
