@@ -188,8 +188,15 @@ def scale_by_diffusion_metric(
             inverse_steps=jnp.zeros([], jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, per_example_loss_fn=None,
-                  per_example_grads=None, **extra_args):
+    def update_fn(
+        updates,
+        state,
+        params=None,
+        *,
+        per_example_loss_fn=None,
+        per_example_grads=None,
+        **extra_args,
+    ):
         del extra_args
         if params is None:
             raise ValueError(
