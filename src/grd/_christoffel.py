@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -20,11 +21,13 @@ from ._primitives import centred, jvp_values, per_example_map, weighted_grad, we
 from ._tree import tree_ravel, tree_scale
 
 
+@eqx.filter_jit
 def _christoffel_first(loss_fn, params, batch, v, eps, chunk_size=None):
     q = jvp_values(loss_fn, params, batch, v, order=2, chunk_size=chunk_size)
     return tree_scale(eps, weighted_grad(loss_fn, params, batch, centred(q), chunk_size=chunk_size))
 
 
+@eqx.filter_jit
 def _metric_derivative(loss_fn, params, batch, v, eps, chunk_size=None):
     s = jvp_values(loss_fn, params, batch, v, order=1, chunk_size=chunk_size)
     return tree_scale(eps, weighted_hvp(loss_fn, params, batch, centred(s), v, chunk_size=chunk_size))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matfree.decomp
@@ -44,6 +45,7 @@ def per_example_grads(loss_fn, params, batch, *, chunk_size: int | None = None):
     return per_example_map(lambda ex: jax.grad(loss_fn)(params, ex), batch, chunk_size)
 
 
+@eqx.filter_jit
 def _grad_matrix(loss_fn, params, batch, chunk_size=None):
     """The ``(N, d)`` matrix of per-example gradients in ``ravel_pytree`` order."""
 
@@ -83,6 +85,7 @@ def diffusion_matvec(loss_fn, params, batch, v, *, chunk_size: int | None = None
     return _diffusion_matvec(loss_fn, params, batch, v, chunk_size)
 
 
+@eqx.filter_jit
 def _diffusion_matvec(loss_fn, params, batch, v, chunk_size=None):
     s = jvp_values(loss_fn, params, batch, v, chunk_size=chunk_size)
     return weighted_grad(loss_fn, params, batch, centred(s), chunk_size=chunk_size)
@@ -169,11 +172,14 @@ def diffusion_spectrum(
     ``method="gram"`` (exact): the non-zero eigenvalues of D are those of the N×N Gram matrix
     ``C Cᵀ / N``; eigenvectors ``Cᵀu / √(Nλ)``. Needs the N×d matrix C (N gradients).
     ``method="lanczos"`` (top-k, matrix-free): Lanczos with full reorthogonalisation
-    (matfree) on ``v ↦ D v`` with ``num_matvecs`` products (default ``min(d, max(2k + 10, 30))``).
+    (matfree) on ``v ↦ D v`` with ``num_matvecs`` products (default
+    ``min(d, N, max(2k + 10, 30))``); cost ``num_matvecs`` gradients, memory O(num_matvecs·d).
 
     Args:
-      k: number of eigenvalues (default: all ``min(N, d)`` for ``gram``; required ≤ d
-        for ``lanczos``). Since ``rank D ≤ N − 1``, eigenvalues past N − 1 are zero.
+      k: number of eigenvalues. ``gram``: default ``min(N − 1, d)`` (``rank D ≤ N − 1``),
+        at most d (eigenvalues past N − 1 are zero). ``lanczos``: required, ≤ min(N − 1, d).
+      num_matvecs: Lanczos depth, between k and min(d, N) (the Krylov space of D has
+        dimension ≤ rank D + 1 ≤ N; deeper runs break down).
       key: PRNG key of the Lanczos start vector (default ``PRNGKey(0)``).
       return_eigenvectors: also return the unit eigenvectors as a pytree with leading axis k.
 
@@ -190,7 +196,7 @@ def diffusion_spectrum(
         gram = C @ C.T / n
         lam, U = jnp.linalg.eigh(gram)
         lam, U = lam[::-1], U[:, ::-1]
-        m = min(n, d) if k is None else k
+        m = min(n - 1, d) if k is None else k
         if m > n:
             lam = jnp.concatenate([lam, jnp.zeros((m - n,), lam.dtype)])
             U = jnp.concatenate([U, jnp.zeros((n, m - n), U.dtype)], axis=1)
@@ -204,9 +210,18 @@ def diffusion_spectrum(
     if method == "lanczos":
         if k is None:
             raise ValueError("`k` is required for method='lanczos' (the number of top eigenvalues).")
-        m = num_matvecs if num_matvecs is not None else min(d, max(2 * k + 10, 30))
-        if not k <= m <= d:
-            raise ValueError(f"`num_matvecs` must be between k = {k} and d = {d}; got {m}.")
+        if k > min(n - 1, d):
+            raise ValueError(
+                f"`k` must be ≤ min(N − 1, d) = {min(n - 1, d)} for method='lanczos' "
+                f"(rank D ≤ N − 1); got {k}. Use method='gram' for the full spectrum."
+            )
+        cap = min(d, n)  # the Krylov space of D has dimension ≤ rank D + 1 ≤ N
+        m = num_matvecs if num_matvecs is not None else min(cap, max(2 * k + 10, 30))
+        if not k <= m <= cap:
+            raise ValueError(
+                f"`num_matvecs` must be between k = {k} and min(d, N) = {cap} (past rank D + 1 "
+                f"Lanczos breaks down); got {m}."
+            )
         key = jax.random.PRNGKey(0) if key is None else key
         v0 = jax.random.normal(key, flat.shape, flat.dtype)
 
@@ -251,7 +266,7 @@ def lambda_max(loss_fn, params, batch, *, num_matvecs: int = 20, key=None, chunk
         batch,
         1,
         method="lanczos",
-        num_matvecs=min(d, num_matvecs),
+        num_matvecs=min(d, num_matvecs, val.batch_size(batch)),
         key=key,
         chunk_size=chunk_size,
     ).eigenvalues[0]

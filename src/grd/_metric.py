@@ -36,6 +36,7 @@ class InverseInfo(NamedTuple):
     residual_norm: jax.Array
 
 
+@eqx.filter_jit
 def _metric_apply(loss_fn, params, batch, v, eps, chunk_size=None):
     return tree_add_scale(v, eps, _diffusion_matvec(loss_fn, params, batch, v, chunk_size))
 
@@ -78,6 +79,7 @@ def woodbury_inverse(C, v_flat, eps):
     return v_flat - eps * (C.T @ y)
 
 
+@eqx.filter_jit
 def _metric_inverse(
     loss_fn,
     params,

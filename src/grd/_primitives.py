@@ -57,9 +57,15 @@ def jvp_values(loss_fn, params, batch, v, *, order: int = 1, chunk_size: int | N
 
 
 def centred(s):
-    """``(s − mean(s)) / N``: the weights of a covariance over examples."""
+    """``(s − mean(s)) / N``: the weights of a covariance over examples.
+
+    Centred twice: after one pass the rounding error of ``mean(s)`` leaves ``Σ c_a`` of order
+    ``eps·|s̄|``, which the VJP multiplies by the mean gradient; the second pass brings it to
+    ``eps·Σ|c_a|`` (the corrected two-pass algorithm of Chan, Golub & LeVeque 1983).
+    """
     n = s.shape[0]
-    return (s - jnp.mean(s)) / n
+    c = s - jnp.mean(s)
+    return (c - jnp.mean(c)) / n
 
 
 def _chunks(batch, weights, chunk_size: int):
@@ -78,8 +84,12 @@ def _chunks(batch, weights, chunk_size: int):
 
 
 def weighted_loss(loss_fn, params, batch, weights):
-    """``Σ_a c_a f_a(w)`` with the weights ``c`` held fixed (no gradient through them)."""
-    weights = jax.lax.stop_gradient(weights)
+    """``Σ_a c_a f_a(w)``.
+
+    Callers differentiate it with respect to ``params`` only, so the weights are held fixed
+    in that derivative while outer transformations (``jax.grad`` of a D·v product with
+    respect to ``params``) still see their dependence on ``w``: no ``stop_gradient`` here.
+    """
     losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
     return jnp.sum(weights.astype(losses.dtype) * losses)
 

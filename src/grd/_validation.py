@@ -105,7 +105,7 @@ def check_eps(eps):
     if isinstance(eps, int | float):
         if not eps >= 0 or eps != eps or eps == float("inf"):
             raise ValueError(f"`eps` must be a finite number ≥ 0; got {eps}.")
-        return eps
+        return jnp.asarray(eps)  # weakly typed: an array so jit does not recompile per value
     eps = jnp.asarray(eps)
     if eps.shape != ():
         raise ValueError(f"`eps` must be a scalar; got shape {eps.shape}.")
@@ -132,9 +132,13 @@ def core_inputs(loss_fn, params, batch, *, min_size: int = 2, v=None):
     n = batch_size(batch, min_size=min_size)
     floating_params(params)
     scalar_loss(loss_fn, params, batch)
-    params = check_finite(params, "params")
-    batch = check_finite(batch, "batch")
     if v is not None:
         same_structure(v, params)
-        v = check_finite(v, "v")
+    if CHECKS_ENABLED:
+        params, batch, v = _finite_checked(params, batch, v)
     return n, params, batch, v
+
+
+@eqx.filter_jit
+def _finite_checked(params, batch, v):
+    return check_finite(params, "params"), check_finite(batch, "batch"), check_finite(v, "v")

@@ -1,0 +1,23 @@
+"""Test-session setup: float64 available for the oracle tests.
+
+float32 tests build their inputs explicitly in float32 (Python scalars stay weakly typed,
+so they do not promote), so enabling x64 here does not change them.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile("ci", deadline=None, max_examples=15, derandomize=True)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def key():
+    return jax.random.PRNGKey(0)
