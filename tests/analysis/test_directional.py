@@ -83,7 +83,13 @@ def test_mle_inverts_ap(p, rbar):
 
 @pytest.mark.parametrize(
     "p, kappa, n",
-    [(3, 10.0, 4000), (10, 50.0, 4000), (100, 100.0, 2000), (100, 1000.0, 2000), (1000, 5000.0, 500)],
+    [
+        (3, 10.0, 4000),
+        (10, 50.0, 4000),
+        (100, 100.0, 2000),
+        (100, 1000.0, 2000),
+        (1000, 5000.0, 500),
+    ],
 )
 def test_vmf_recovers_kappa(p, kappa, n):
     x = _vmf_samples(p, kappa, n, seed=p)
@@ -185,8 +191,9 @@ def test_minibatch_gradients_shape_order_and_values():
 def test_minibatch_gradients_covariance_is_D_over_b():
     loss_fn, params, batch = _linear_problem(big_n=32, d_in=2)
     g = np.asarray(
-        minibatch_gradients(loss_fn, params, batch, jax.random.PRNGKey(1), n=4000, batch_size=4,
-                            replace=True)
+        minibatch_gradients(
+            loss_fn, params, batch, jax.random.PRNGKey(1), n=4000, batch_size=4, replace=True
+        )
     )
     per_ex = np.asarray(
         jax.vmap(lambda ex: jax.flatten_util.ravel_pytree(jax.grad(loss_fn)(params, ex))[0])(batch)

@@ -13,6 +13,7 @@ O(n³) for the eigendecomposition; nothing of size d×d is formed, so d may be 1
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -110,10 +111,21 @@ def diffusion_map(points, *, eps=None, alpha: float = 1.0, k: int = 10, t: float
     n = x.shape[0]
     if not (isinstance(k, int) and 1 <= k <= n - 1):
         raise ValueError(f"`k` must be an int with 1 ≤ k ≤ n − 1 = {n - 1}; got {k!r}.")
+    if eps is not None and isinstance(eps, int | float) and not eps > 0:
+        raise ValueError(f"`eps` must be > 0; got {eps}.")
+    out = _diffusion_map(x, eps, alpha, k, t)
+    if not isinstance(out.eps, jax.core.Tracer) and not float(out.eps) > 0:
+        raise ValueError(
+            f"`eps` must be > 0; got {float(out.eps)} (with eps=None: the median squared "
+            "distance is 0, i.e. most `points` coincide)."
+        )
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _diffusion_map(x, eps, alpha, k, t):
     d2 = squared_distances(x)
     eps = _median_offdiag(d2) if eps is None else jnp.asarray(eps, d2.dtype)
-    if isinstance(eps, jax.Array) and not isinstance(eps, jax.core.Tracer) and not eps > 0:
-        raise ValueError(f"`eps` must be > 0; got {eps} (all snapshots identical?).")
     kern = jnp.exp(-d2 / eps)
     q = jnp.sum(kern, axis=1)
     kern = kern / (q[:, None] ** alpha * q[None, :] ** alpha)
@@ -153,14 +165,19 @@ def intrinsic_dimension(points, eps_grid=None):
     Cost: O(n²d) once for the Gram matrix, then O(m n²).
     """
     x = _check_points(points, 3)
+    if eps_grid is not None:
+        eps_grid = jnp.asarray(eps_grid, x.dtype)
+        if eps_grid.ndim != 1 or eps_grid.shape[0] < 3:
+            raise ValueError(f"`eps_grid` must be 1-D with ≥ 3 values; got shape {eps_grid.shape}.")
+    return _intrinsic_dimension(x, eps_grid)
+
+
+@jax.jit
+def _intrinsic_dimension(x, eps_grid):
     n = x.shape[0]
     d2 = squared_distances(x)
     if eps_grid is None:
         eps_grid = _median_offdiag(d2) * jnp.logspace(-6.0, 2.0, 81, dtype=d2.dtype)
-    else:
-        eps_grid = jnp.asarray(eps_grid, d2.dtype)
-        if eps_grid.ndim != 1 or eps_grid.shape[0] < 3:
-            raise ValueError(f"`eps_grid` must be 1-D with ≥ 3 values; got shape {eps_grid.shape}.")
     log_eps = jnp.log(eps_grid)
     log_sum = jax.vmap(lambda e: jax.nn.logsumexp(-d2 / e))(eps_grid)
     slope = jnp.gradient(log_sum, log_eps)

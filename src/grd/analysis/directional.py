@@ -257,8 +257,9 @@ def gradient_stochasticity(grads):
     return jnp.sqrt(jnp.sum(jnp.var(x, axis=0))) / mnorm
 
 
-def minibatch_gradients(loss_fn, params, batch, key, *, n: int, batch_size: int,
-                        replace: bool = False):
+def minibatch_gradients(
+    loss_fn, params, batch, key, *, n: int, batch_size: int, replace: bool = False
+):
     """Draw n minibatch mean gradients ĝ_i = ∇_w (1/b) Σ_{a∈B_i} f_a(w) at a fixed w.
 
     Each minibatch B_i of size b is drawn independently (without replacement inside a

@@ -121,7 +121,9 @@ def autocorrelation(x, max_lag: int):
     x2 = _checks.finite_rows(x2, "x")
     big_t = x2.shape[0]
     if not (isinstance(max_lag, int) and 1 <= max_lag < big_t):
-        raise ValueError(f"`max_lag` must be an int with 1 ≤ max_lag < T = {big_t}; got {max_lag!r}.")
+        raise ValueError(
+            f"`max_lag` must be an int with 1 ≤ max_lag < T = {big_t}; got {max_lag!r}."
+        )
     c = x2 - jnp.mean(x2, axis=0)
     nfft = 1 << int(np.ceil(np.log2(2 * big_t - 1)))
     spec = jnp.fft.rfft(c, n=nfft, axis=0)
