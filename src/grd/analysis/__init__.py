@@ -32,6 +32,7 @@ from grd.analysis.limit_cycles import (
     shuffled_surrogate,
     top_eigenplane,
 )
+from grd.analysis.recorder import Trajectory, TrajectoryRecorder, load_trajectory
 
 # Functions that need the core diffusion operators (grd._diffusion) go here once it lands:
 # the spectrum and rank of D along training, and the gradient noise scale / temperature
@@ -44,12 +45,15 @@ __all__ = [
     "IncrementSpectrum",
     "IntrinsicDimension",
     "NonequilibriumDecomposition",
+    "Trajectory",
+    "TrajectoryRecorder",
     "autocorrelation",
     "diffusion_map",
     "gradient_norm_stochasticity",
     "gradient_stochasticity",
     "increment_spectrum",
     "intrinsic_dimension",
+    "load_trajectory",
     "lyapunov_solve",
     "mean_resultant_length",
     "minibatch_gradients",
