@@ -21,7 +21,6 @@ from typing import Literal, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import optax
 import optax.tree as otu
 
@@ -130,6 +129,34 @@ def _grads_matvec(C, unravel):
     return matvec
 
 
+def _conjugate_gradients(matvec, b, max_steps, rtol):
+    """At most ``max_steps`` CG iterations on ``matvec(x) = b`` (symmetric positive definite).
+
+    Stops when ``‖r‖ ≤ rtol·‖b‖``. Returns ``(x, num_steps)``. Written out rather than
+    ``lineax.CG``: lineax 0.1.1 declares breakdown (α = NaN) unless ``pᵀAp > 100·d·eps·|rᵀr|``,
+    which a well-conditioned ``I + εD`` in float32 fails for d ≳ 10⁵ (NaN on the first step).
+    """
+    tol2 = (rtol**2) * otu.vdot(b, b)
+
+    def cond(carry):
+        _, _, _, rr, k = carry
+        return (k < max_steps) & (rr > tol2)
+
+    def body(carry):
+        x, r, p, rr, k = carry
+        Ap = matvec(p)
+        alpha = rr / otu.vdot(p, Ap)
+        x = otu.add_scale(x, alpha, p)
+        r = otu.add_scale(r, -alpha, Ap)
+        rr_new = otu.vdot(r, r)
+        p = otu.add_scale(r, rr_new / rr, p)
+        return x, r, p, rr_new, k + 1
+
+    init = (otu.zeros_like(b), b, b, otu.vdot(b, b), jnp.asarray(0, jnp.int32))
+    x, _, _, _, k = jax.lax.while_loop(cond, body, init)
+    return x, k
+
+
 # --------------------------------------------------------------------------------------------
 # The transformation.
 
@@ -157,6 +184,7 @@ def scale_by_diffusion_metric(
     """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}; got {method!r}.")
+    eps_value = eps if isinstance(eps, int | float) else None  # known before tracing
     eps = val.check_eps(eps)
     if ema_decay is not None and isinstance(ema_decay, int | float) and not 0 <= ema_decay < 1:
         raise ValueError(f"`ema_decay` must be in [0, 1) or None; got {ema_decay}.")
@@ -169,9 +197,10 @@ def scale_by_diffusion_metric(
         if isinstance(value, int) and value < 1:
             raise ValueError(f"`{name}` must be an integer ≥ 1; got {value}.")
     weak = method in ("weak_field", "neumann")
-    if weak and relative and isinstance(eps, int | float) and eps >= 1:
+    if weak and relative and eps_value is not None and eps_value >= 1:
         raise ValueError(
-            f"method={method!r} needs ε·λ_max < 1, but relative eps = {eps} sets ε·λ_max = {eps}. "
+            f"method={method!r} needs ε·λ_max < 1, but relative eps = {eps_value} sets ε·λ_max = "
+            f"{eps_value}. "
             "Use eps < 1 or an exact inverse (method='cg' or 'woodbury')."
         )
 
@@ -286,15 +315,9 @@ def scale_by_diffusion_metric(
             _, out = jax.lax.fori_loop(1, num_terms, body, (term, otu.add(updates, term)))
             steps = jnp.asarray(num_terms, jnp.int32)
         elif method == "cg":
-            op = lx.FunctionLinearOperator(
-                lambda x: otu.add_scale(x, eps_t, Dv(x)),
-                jax.eval_shape(lambda: updates),
-                tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
+            out, steps = _conjugate_gradients(
+                lambda x: otu.add_scale(x, eps_t, Dv(x)), updates, cg_steps, cg_rtol
             )
-            sol = lx.linear_solve(
-                op, updates, lx.CG(rtol=cg_rtol, atol=0.0, max_steps=cg_steps), throw=False
-            )
-            out, steps = sol.value, jnp.asarray(sol.stats["num_steps"], jnp.int32)
         else:  # woodbury
             out = unravel(woodbury_inverse(C, flat_g, eps_t))
             steps = jnp.asarray(1, jnp.int32)
@@ -354,7 +377,7 @@ def diffusion_ngd(
          underestimate: keep a margin).
        * ``"neumann"``: ``Σ_{j=0}^{num_terms} (−εD)^j ∇f`` (``num_terms`` products, the
          first shared with the power product as above); same check.
-       * ``"cg"``: conjugate gradients (lineax) on ``x ↦ x + εDx``, at most ``cg_steps``
+       * ``"cg"``: conjugate gradients on ``x ↦ x + εDx``, at most ``cg_steps``
          products, stopping at relative tolerance ``cg_rtol`` (condition number 1 + ελ_max,
          so few steps suffice); exact for any ε ≥ 0.
        * ``"woodbury"``: ``y = ∇f − ε Cᵀ(N I + ε CCᵀ)⁻¹ C∇f`` (exact; an N×N Cholesky; needs
