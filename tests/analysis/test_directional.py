@@ -88,7 +88,7 @@ def test_mle_inverts_ap(p, rbar):
         (10, 50.0, 4000),
         (100, 100.0, 2000),
         (100, 1000.0, 2000),
-        (1000, 5000.0, 500),
+        (500, 2500.0, 400),
     ],
 )
 def test_vmf_recovers_kappa(p, kappa, n):
@@ -183,9 +183,9 @@ def test_minibatch_gradients_shape_order_and_values():
     r = batch["x"][idx] @ np.asarray(params["w"]) + 0.3 - batch["y"][idx]
     ref = np.concatenate([[r.mean()], (r[:, None] * batch["x"][idx]).mean(0)])
     np.testing.assert_allclose(np.asarray(g[7]), ref, rtol=1e-12)
-    # With b = N (no replacement) every draw is the full gradient.
-    full = minibatch_gradients(loss_fn, params, batch, key, n=3, batch_size=64)
-    np.testing.assert_allclose(np.asarray(full - full[0]), 0.0, atol=1e-12)
+    # Same function object and shapes: the compiled draw is reused, and draws differ.
+    again = minibatch_gradients(loss_fn, params, batch, jax.random.PRNGKey(1), n=50, batch_size=8)
+    assert not np.allclose(np.asarray(again), np.asarray(g))
 
 
 def test_minibatch_gradients_covariance_is_D_over_b():

@@ -1,5 +1,6 @@
 """Tests for grd.analysis.recorder: round trip, resume, kill -9 mid-run, torn debris."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -65,9 +66,16 @@ def script(tmp_path_factory):
     return path
 
 
+def _run_in_process(script, directory, total=600, every=3, chunk=7):
+    spec = importlib.util.spec_from_file_location("grd_recorder_run", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.run(str(directory), total, every, chunk, 0.0)
+
+
 def test_kill_and_resume_is_bit_identical(script, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    _run(script, ref)
+    _run_in_process(script, ref)
     proc = _run(script, killed, sleep=0.004, wait=False)
     deadline = time.time() + 60
     while time.time() < deadline:  # wait until a few chunks are committed, then SIGKILL
@@ -84,7 +92,7 @@ def test_kill_and_resume_is_bit_identical(script, tmp_path):
     partial = load_trajectory(killed)
     assert 3 * 7 <= len(partial) < 200  # interrupted well before the end (200 snapshots)
     assert np.all(np.diff(partial.steps) == 3)
-    _run(script, killed)  # resume to the end
+    _run_in_process(script, killed)  # resume to the end
     a, b = load_trajectory(ref), load_trajectory(killed)
     assert len(a) == len(b) == 200
     assert a.dtype == b.dtype == np.float64  # no silent cast to float32

@@ -21,6 +21,7 @@ A_p(κ) comes from Perron's continued fraction for the ratio, which stays in (0,
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
@@ -278,7 +279,8 @@ def minibatch_gradients(
       (n, d) array, rows in the flattening order of ``jax.flatten_util.ravel_pytree(params)``.
 
     Cost: n gradients of a size-b minibatch, computed sequentially over draws in groups of
-    up to 32 (``jax.lax.map``); memory O(32·b·activations + n·d).
+    up to 32 (``jax.lax.map``); memory O(32·b·activations + n·d). Compiled once per
+    ``loss_fn`` (a static argument: pass the same function object to reuse the compilation).
     """
     big_n = _validation.batch_size(batch, min_size=1)
     _validation.floating_params(params)
@@ -294,6 +296,12 @@ def minibatch_gradients(
         )
 
     batch = jax.tree_util.tree_map(jnp.asarray, batch)
+    return _minibatch_gradients(loss_fn, params, batch, key, n, batch_size, replace)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _minibatch_gradients(loss_fn, params, batch, key, n, batch_size, replace):
+    big_n = jax.tree_util.tree_leaves(batch)[0].shape[0]
 
     def mean_loss(p, minibatch):
         return jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, minibatch))
