@@ -192,7 +192,6 @@ def flow_field(
     eps=0.0,
     inverse: InverseMethod = "cg",
     christoffel: ChristoffelForm = "exact",
-    temperature=0.0,
     inverse_options: dict | None = None,
     chunk_size: int | None = None,
     dtype=jnp.float64,
