@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The analysis sections ``--sections`` chooses from, in report order. Training always runs.
-SECTIONS: tuple[str, ...] = ("spectrum",)
+SECTIONS: tuple[str, ...] = ("spectrum", "directional", "flows", "limit_cycles", "diffusion_map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,14 @@ class ReproduceConfig:
     record_every: int = 10
     checkpoints: tuple[float, ...] = (0.0, 0.2, 0.4, 0.7, 1.0)
     rank_atol: float = 1e-6
+    vmf_draws: int = 64
     eps: tuple[float, ...] = (0.1, 0.3, 1.0)
+    flow_checkpoint: float = 0.2
+    flow_examples: int = 256
+    flow_t1: float = 4.0
+    flow_points: int = 12
+    cycle_steps: int = 2048
+    dmap_k: int = 6
     seed: int = 0
     data_seed: int = 0
     float64: bool = False
@@ -61,7 +68,8 @@ class ReproduceConfig:
     def tiny(cls, **overrides) -> ReproduceConfig:
         """A setting that runs in seconds (for tests and smoke checks)."""
         base = dict(width=8, n_train=96, steps=200, batch_size=16, record_every=5,
-                    checkpoints=(0.0, 0.5, 1.0))
+                    checkpoints=(0.0, 0.5, 1.0), vmf_draws=16, flow_examples=32, flow_t1=1.0,
+                    flow_points=4, cycle_steps=128, dmap_k=3)
         base.update(overrides)
         return cls(**base)
 
@@ -72,7 +80,8 @@ class ReproduceConfig:
             raise ValueError(
                 f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}."
             )
-        for name in ("width", "n_train", "steps", "batch_size", "record_every"):
+        for name in ("width", "n_train", "steps", "batch_size", "record_every", "flow_examples",
+                     "flow_points", "dmap_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
         if self.n_train < 4:
@@ -87,8 +96,23 @@ class ReproduceConfig:
             raise ValueError(f"eps values must be positive and finite; got {list(self.eps)}.")
         if not self.checkpoints or any(not 0.0 <= c <= 1.0 for c in self.checkpoints):
             raise ValueError(f"checkpoints must lie in [0, 1]; got {list(self.checkpoints)}.")
-        if self.steps // self.record_every < 2:
-            raise ValueError("steps / record_every must be at least 2 (two snapshots).")
+        if self.steps // self.record_every < max(4, self.dmap_k + 1):
+            raise ValueError(
+                f"steps / record_every must be at least {max(4, self.dmap_k + 1)} (snapshots "
+                "for the diffusion map)."
+            )
+        if self.vmf_draws < 2:
+            raise ValueError(f"vmf_draws must be at least 2; got {self.vmf_draws}.")
+        if self.cycle_steps < 16:
+            raise ValueError(f"cycle_steps must be at least 16; got {self.cycle_steps}.")
+        if self.flow_examples > self.n_train:
+            raise ValueError(
+                f"flow_examples ({self.flow_examples}) must not exceed n_train ({self.n_train})."
+            )
+        if not (self.flow_t1 > 0 and np.isfinite(self.flow_t1)):
+            raise ValueError(f"flow_t1 must be positive and finite; got {self.flow_t1}.")
+        if not 0.0 <= self.flow_checkpoint <= 1.0:
+            raise ValueError(f"flow_checkpoint must lie in [0, 1]; got {self.flow_checkpoint}.")
 
 
 class OutputExistsError(FileExistsError):
@@ -125,8 +149,45 @@ class _Run:
     snapshots: np.ndarray  # (n_snapshots, d) flattened parameters
     snapshot_steps: np.ndarray
     checkpoints: list  # [(fraction, step, params)]
+    flow_start: tuple  # (fraction, step, params) where the flows start
+    final_params: object
+    sgd_step: Callable  # jitted (params, key) -> params, one SGD step
     progress: bool
     workdir: Path
+    _cycle: np.ndarray | None = None
+
+    def cycle_trajectory(self) -> np.ndarray:
+        """``(cycle_steps + 1, d)`` snapshots of constant-step SGD continued from the end of
+        training, one per step (computed once)."""
+        if self._cycle is None:
+            import jax
+            from jax.flatten_util import ravel_pytree
+
+            cfg = self.cfg
+
+            @jax.jit
+            def block(params, keys):
+                def step(p, k):
+                    p = self.sgd_step(p, k)
+                    return p, ravel_pytree(p)[0]
+
+                return jax.lax.scan(step, params, keys)
+
+            out = [np.asarray(ravel_pytree(self.final_params)[0])]
+            params = self.final_params
+            keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), cfg.cycle_steps)
+            size = 256
+            with _tqdm(total=cfg.cycle_steps, desc="constant-step SGD run", unit="step",
+                       disable=not self.progress) as bar:
+                for i in range(0, cfg.cycle_steps, size):
+                    params, ws = block(params, keys[i : i + size])
+                    out.append(np.asarray(ws))
+                    bar.update(ws.shape[0])
+            traj = np.concatenate([out[0][None], *out[1:]], axis=0)
+            if not np.all(np.isfinite(traj)):
+                raise FloatingPointError("the constant-step SGD run diverged; lower --lr.")
+            self._cycle = traj
+        return self._cycle
 
 
 def _tqdm(**kw):
@@ -181,19 +242,19 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
     opt_state = opt.init(params)
     n = cfg.n_train
 
+    def sgd_step(p, key):
+        """One step of SGD (optax.sgd is stateless) on a minibatch drawn with replacement."""
+        idx = jax.random.randint(key, (cfg.batch_size,), 0, n)
+        mb = jax.tree_util.tree_map(lambda x: x[idx], train)
+        u, _ = opt.update(jax.grad(mean_loss)(p, mb), opt_state, p)
+        return optax.apply_updates(p, u)
+
     @jax.jit
-    def run_chunk(params, opt_state, key):
-        idx = jax.random.randint(key, (cfg.record_every, cfg.batch_size), 0, n)
+    def run_chunk(params, key):
+        def step(p, k):
+            return sgd_step(p, k), None
 
-        def step(carry, i):
-            p, s = carry
-            mb = jax.tree_util.tree_map(lambda x: x[i], train)
-            g = jax.grad(mean_loss)(p, mb)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), idx)
-        return params, opt_state
+        return jax.lax.scan(step, params, jax.random.split(key, cfg.record_every))[0]
 
     @jax.jit
     def evaluate(params):
@@ -201,8 +262,9 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
 
     n_chunks = cfg.steps // cfg.record_every
     ck_chunks = sorted({int(round(c * n_chunks)) for c in cfg.checkpoints})
+    flow_chunk = int(round(cfg.flow_checkpoint * n_chunks))
     history = {"step": [], "train_loss": [], "test_accuracy": []}
-    snapshots, snapshot_steps, checkpoints = [], [], []
+    snapshots, snapshot_steps, checkpoints, flow_start = [], [], [], []
 
     def record(chunk, params):
         step = chunk * cfg.record_every
@@ -214,12 +276,14 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
         snapshot_steps.append(step)
         if chunk in ck_chunks:
             checkpoints.append((chunk / n_chunks, step, params))
+        if chunk == flow_chunk:
+            flow_start.append((chunk / n_chunks, step, params))
 
     record(0, params)
     keys = jax.random.split(key_sgd, n_chunks)
     with _tqdm(total=cfg.steps, desc="SGD training", unit="step", disable=not progress) as bar:
         for c in range(1, n_chunks + 1):
-            params, opt_state = run_chunk(params, opt_state, keys[c - 1])
+            params = run_chunk(params, keys[c - 1])
             record(c, params)
             bar.update(cfg.record_every)
             bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")
@@ -232,7 +296,8 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
         cfg=cfg, dtype=dtype, train=train, test=test, model=model, loss_fn=loss_fn, d=d,
         unravel=unravel, history={k: np.asarray(v) for k, v in history.items()},
         snapshots=np.stack(snapshots), snapshot_steps=np.asarray(snapshot_steps),
-        checkpoints=checkpoints, progress=progress, workdir=workdir,
+        checkpoints=checkpoints, flow_start=flow_start[0], final_params=params,
+        sgd_step=sgd_step, progress=progress, workdir=workdir,
     )
 
 
@@ -423,7 +488,379 @@ def _section_spectrum(run: _Run):
     return section, {"rank_atol": cfg.rank_atol, "checkpoints": per_ck}
 
 
-_SECTION_FUNCS: dict[str, Callable] = {"spectrum": _section_spectrum}
+def _section_directional(run: _Run):
+    import jax
+    import matplotlib.pyplot as plt
+
+    from .analysis import (
+        gradient_norm_stochasticity,
+        gradient_stochasticity,
+        minibatch_gradients,
+        uniform_concentration_baseline,
+        vmf_concentration,
+    )
+    from .report import Figure, Section, Table, figure_png
+
+    cfg = run.cfg
+    n, b, p = cfg.vmf_draws, cfg.batch_size, run.d
+    baseline = float(uniform_concentration_baseline(p, n))
+    per_ck, rows = [], []
+    for i, (frac, step, params) in enumerate(_tqdm(
+        iterable=run.checkpoints, desc="vMF concentration", unit="ckpt",
+        disable=not run.progress,
+    )):
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 2), i)
+        grads = minibatch_gradients(run.loss_fn, params, run.train, key, n=n, batch_size=b,
+                                    replace=True)
+        m = {
+            "fraction": frac,
+            "step": step,
+            "kappa_mle": float(vmf_concentration(grads, method="mle")),
+            "kappa_banerjee": float(vmf_concentration(grads, method="banerjee")),
+            "gradient_norm_stochasticity": float(gradient_norm_stochasticity(grads)),
+            "gradient_stochasticity": float(gradient_stochasticity(grads)),
+        }
+        m["kappa_over_baseline"] = m["kappa_mle"] / baseline
+        per_ck.append(m)
+        rows.append([f"{100 * frac:.0f} % (step {step})", _fmt(m["kappa_mle"]),
+                     _fmt(m["kappa_banerjee"]), _fmt(m["kappa_over_baseline"]),
+                     _fmt(m["gradient_norm_stochasticity"]), _fmt(m["gradient_stochasticity"])])
+    steps = [m["step"] for m in per_ck]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax1.semilogy(steps, [m["kappa_mle"] for m in per_ck], "o-", label="κ (MLE)")
+    ax1.semilogy(steps, [m["kappa_banerjee"] for m in per_ck], "x--", label="κ (Banerjee)")
+    ax1.axhline(baseline, color="0.4", ls=":", label=f"uniform baseline p/√n ≈ {baseline:.0f}")
+    ax1.set(xlabel="SGD step", ylabel="κ", title=f"vMF concentration of {n} minibatch gradients")
+    ax1.legend(fontsize=8)
+    ax2.plot(steps, [m["gradient_norm_stochasticity"] for m in per_ck], "o-",
+             label="norm stochasticity (CV of |ĝ_i|)")
+    ax2.plot(steps, [m["gradient_stochasticity"] for m in per_ck], "s-",
+             label="gradient stochasticity |std|/|mean|")
+    ax2.set_yscale("log")
+    ax2.set(xlabel="SGD step", title="Gradient stochasticity")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    section = Section(
+        "directional",
+        "Directional statistics of minibatch gradients",
+        [
+            f"At every checkpoint, n = {n} minibatch gradients of size b = {b} (drawn with "
+            f"replacement) are normalised to unit directions u_i in R^p, p = d = {p}, and a von "
+            "Mises–Fisher concentration is fitted: the exact MLE A_p(κ) = R̄ and Banerjee's "
+            "approximation κ ≈ R̄(p − R̄²)/(1 − R̄²) (Lee, Cho & Kang). Uniformly random "
+            f"directions give κ ≈ p/√n = {baseline:.1f}, not 0: κ is only meaningful against "
+            "that baseline, with n held fixed across checkpoints.",
+        ],
+        [Table("Concentration and stochasticity at the checkpoints",
+               ["checkpoint", "κ (MLE)", "κ (Banerjee)", "κ / baseline", "norm stoch.",
+                "grad. stoch."], rows)],
+        [Figure("directional", "vMF concentration κ of minibatch-gradient directions against "
+                "the uniform baseline, and gradient stochasticity.", figure_png(fig))],
+    )
+    return section, {"n_draws": n, "batch_size": b, "p": p, "uniform_baseline": baseline,
+                     "checkpoints": per_ck}
+
+
+def _section_flows(run: _Run):
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+    from jax.flatten_util import ravel_pytree
+
+    from . import lambda_max
+    from ._flows import integrate
+    from ._residual import compare_flows
+    from .report import Figure, Section, Table, figure_png
+
+    cfg = run.cfg
+    frac, step, w0 = run.flow_start
+    batch = jax.tree_util.tree_map(lambda x: x[: cfg.flow_examples], run.train)
+    ts = np.linspace(cfg.flow_t1 / cfg.flow_points, cfg.flow_t1, cfg.flow_points)
+    ts_j = jnp.asarray(ts, dtype=run.dtype)
+    lam0 = float(lambda_max(run.loss_fn, w0, batch, num_matvecs=min(run.d, 30)))
+    mean_loss = _mean_loss(run.loss_fn)
+
+    flatten = jax.vmap(lambda p: ravel_pytree(p)[0])
+
+    @jax.jit
+    def gd_path(w0, batch):
+        sol = integrate(run.loss_fn, w0, batch, flow="gd", t1=cfg.flow_t1,
+                        saveat=diffrax.SaveAt(ts=ts_j))
+        return jax.vmap(mean_loss, in_axes=(0, None))(sol.ys, batch), flatten(sol.ys)
+
+    @jax.jit
+    def grd_vs_ngd(w0, batch, eps, ts):
+        # one compilation for every ε (ε is traced; so is ts: compare_flows reads t1 = ts[-1]
+        # eagerly unless ts is a tracer)
+        cmp = compare_flows(run.loss_fn, w0, batch, eps=eps, ts=ts)
+        sol_ngd = integrate(run.loss_fn, w0, batch, flow="ngd", t1=ts[-1], eps=eps,
+                            saveat=diffrax.SaveAt(ts=ts))
+        return cmp, flatten(sol_ngd.ys)
+
+    bar = _tqdm(total=1 + len(cfg.eps), desc="GRD / NGD / GD flows", unit="flow",
+                disable=not run.progress)
+    with bar:
+        loss_gd, flat_gd = jax.device_get(gd_path(w0, batch))
+        bar.update(1)
+        per_eps = []
+        for c in cfg.eps:
+            eps = c / lam0
+            cmp, flat_ngd = jax.device_get(grd_vs_ngd(w0, batch, jnp.asarray(eps, run.dtype),
+                                                          ts_j))
+            m = {
+                "eps_times_lambda_max": c,
+                "eps": eps,
+                "distance_grd_ngd": np.asarray(cmp.distance),
+                "distance_ngd_gd": np.linalg.norm(flat_ngd - flat_gd, axis=1),
+                "loss_grd": np.asarray(cmp.loss_grd),
+                "loss_ngd": np.asarray(cmp.loss_ngd),
+                "residual_norm": np.asarray(cmp.residual_norm),
+                "field_strength": np.asarray(cmp.field_strength),
+            }
+            m["distance_grd_ngd_t1"] = float(m["distance_grd_ngd"][-1])
+            m["distance_ngd_gd_t1"] = float(m["distance_ngd_gd"][-1])
+            m["max_residual_norm"] = float(m["residual_norm"].max())
+            per_eps.append(m)
+            bar.update(1)
+    path_len = float(np.linalg.norm(flat_gd[-1] - np.asarray(ravel_pytree(w0)[0])))
+    cs = np.array([m["eps_times_lambda_max"] for m in per_eps])
+    dist_t1 = np.array([m["distance_grd_ngd_t1"] for m in per_eps])
+    slope = (float(np.polyfit(np.log(cs), np.log(dist_t1), 1)[0])
+             if len(cs) >= 2 and np.all(dist_t1 > 0) else None)
+
+    cmap = plt.get_cmap("plasma")
+    colors = [cmap(0.15 + 0.7 * i / max(len(per_eps) - 1, 1)) for i in range(len(per_eps))]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.6))
+    ax = axes[0, 0]
+    for m, col in zip(per_eps, colors, strict=True):
+        ax.semilogy(ts, np.maximum(m["distance_grd_ngd"], 1e-30), "o-", ms=3, color=col,
+                    label=f"ε·λ_max = {_fmt(m['eps_times_lambda_max'])}")
+    ax.set(xlabel="t", ylabel="‖w_GRD(t) − w_NGD(t)‖", title="GRD against its NGD limit")
+    ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    for m, col in zip(per_eps, colors, strict=True):
+        ax.semilogy(ts, np.maximum(m["residual_norm"], 1e-30), "o-", ms=3, color=col)
+    ax.set(xlabel="t", ylabel="|R| along the GRD path", title="Residual R = a_GRD − ẅ_NGD")
+    ax = axes[1, 0]
+    ax.plot(ts, loss_gd, "k--", label="GD")
+    for m, col in zip(per_eps, colors, strict=True):
+        ax.plot(ts, m["loss_ngd"], "-", color=col, label=f"NGD {_fmt(m['eps_times_lambda_max'])}")
+        ax.plot(ts, m["loss_grd"], ":", color=col, lw=2)
+    ax.set(xlabel="t", ylabel="mean loss",
+           title="Loss along GD (dashed), NGD (solid), GRD (dotted)")
+    ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    ax.loglog(cs, dist_t1, "o-", label="‖w_GRD − w_NGD‖ at t1")
+    ax.loglog(cs, [m["distance_ngd_gd_t1"] for m in per_eps], "s--", label="‖w_NGD − w_GD‖ at t1")
+    ax.set(xlabel="ε·λ_max(D(w0))", title="Distances at t1 against ε")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    rows = [[_fmt(m["eps_times_lambda_max"]), _fmt(m["eps"]), _fmt(m["distance_grd_ngd_t1"]),
+             _fmt(m["distance_ngd_gd_t1"]), _fmt(m["max_residual_norm"]),
+             _fmt(m["loss_grd"][-1], 4), _fmt(m["loss_ngd"][-1], 4)] for m in per_eps]
+    paragraphs = [
+        f"From the checkpoint at {100 * frac:.0f} % of training (step {step}), on the first "
+        f"{cfg.flow_examples} training examples, GD (ẇ = −∇f), NGD (ẇ = −g⁻¹∇f, g = I + εD, exact "
+        "inverse by CG) and GRD (ẅ = −Hẇ − Γ²(ẇ, ẇ), exact Christoffel symbols, started on the "
+        f"NGD velocity) are integrated with diffrax up to t1 = {_fmt(cfg.flow_t1)}, for "
+        f"ε = C/λ_max(D(w0)), λ_max = {_fmt(lam0)}. The GD path moves "
+        f"‖w_GD(t1) − w0‖ = {_fmt(path_len)}.",
+        "GRD reduces to NGD only where the residual R = (g⁻¹ − I)Hẇ + ½g⁻¹∂g(ẇ, ẇ) stays ≈ 0; "
+        "the measured distance between the paths and |R| along GRD say how far that holds.",
+    ]
+    if slope is not None:
+        paragraphs.append(f"Log-log slope of the GRD–NGD distance at t1 against ε: {slope:.2f} "
+                          "(1 = the gap grows linearly with ε, the first-order prediction).")
+    section = Section(
+        "flows", "Geodesic flows: GRD, NGD and GD", paragraphs,
+        [Table("Flows at t1 for each ε", ["ε·λ_max", "ε", "‖GRD − NGD‖", "‖NGD − GD‖",
+                                          "max |R|", "loss GRD", "loss NGD"], rows)],
+        [Figure("flows", "Distance between GRD and NGD, the residual |R|, the losses along "
+                "each flow, and the distances at t1 against ε.", figure_png(fig))],
+    )
+    metrics = {"start_fraction": frac, "start_step": step, "n_examples": cfg.flow_examples,
+               "t1": cfg.flow_t1, "ts": ts, "lambda_max_start": lam0, "loss_gd": loss_gd,
+               "gd_path_length": path_len, "per_eps": per_eps}
+    if slope is not None:
+        metrics["distance_vs_eps_loglog_slope"] = slope
+    return section, metrics
+
+
+def _section_limit_cycles(run: _Run):
+    import jax
+    import matplotlib.pyplot as plt
+
+    from .analysis import autocorrelation, increment_spectrum, shuffled_surrogate
+    from .report import Figure, Section, Table, figure_png
+
+    cfg = run.cfg
+    full = run.cycle_trajectory()
+    # weights that never move (e.g. those fed by always-blank pixels) have no increment
+    # spectrum or autocorrelation: analyse the moving ones
+    moving = np.std(np.diff(full, axis=0), axis=0) > 0
+    traj = full[:, moving]
+    n_blank = int(np.sum(np.max(np.asarray(run.train["x"]), axis=0) == 0))
+    with _tqdm(total=3, desc="limit-cycle analysis", unit="step",
+               disable=not run.progress) as bar:
+        surrogate = np.asarray(shuffled_surrogate(traj, jax.random.PRNGKey(cfg.seed + 3)))
+        bar.update(1)
+        real = increment_spectrum(traj)
+        surr = increment_spectrum(surrogate)
+        bar.update(1)
+        max_lag = min(50, traj.shape[0] // 4)
+        acf_real = autocorrelation(np.diff(traj, axis=0), max_lag)
+        acf_surr = autocorrelation(np.diff(surrogate, axis=0), max_lag)
+        bar.update(1)
+    freqs = np.asarray(real.frequencies)
+    mean_r, std_r = np.asarray(real.mean), np.asarray(real.std)
+    mean_s, std_s = np.asarray(surr.mean), np.asarray(surr.std)
+    ratio = mean_r / mean_s
+    acf_r = np.asarray(acf_real.acf).mean(axis=1)
+    acf_s = np.asarray(acf_surr.acf).mean(axis=1)
+    band = float(acf_real.band)
+    lags = np.asarray(acf_real.lags)
+    low = freqs <= np.quantile(freqs, 0.1)
+    high = freqs >= np.quantile(freqs, 0.9)
+    metrics = {
+        "steps": cfg.cycle_steps,
+        "moving_weights": int(moving.sum()),
+        "frequencies": freqs,
+        "amplitude_mean": mean_r, "amplitude_std": std_r,
+        "surrogate_amplitude_mean": mean_s, "surrogate_amplitude_std": std_s,
+        "max_ratio_to_surrogate": float(ratio.max()),
+        "frequency_of_max_ratio": float(freqs[int(np.argmax(ratio))]),
+        "low_over_high_amplitude": float(mean_r[low].mean() / mean_r[high].mean()),
+        "surrogate_low_over_high_amplitude": float(mean_s[low].mean() / mean_s[high].mean()),
+        "acf_lags": lags, "acf_mean_over_weights": acf_r,
+        "surrogate_acf_mean_over_weights": acf_s, "acf_band_95": band,
+        "lag1_acf": float(acf_r[1]), "surrogate_lag1_acf": float(acf_s[1]),
+    }
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.loglog(freqs, mean_r, color="C0", label="SGD increments")
+    ax1.fill_between(freqs, np.maximum(mean_r - std_r, mean_r * 0.05), mean_r + std_r,
+                     color="C0", alpha=0.2)
+    ax1.loglog(freqs, mean_s, color="C3", lw=1, label="time-shuffled surrogate")
+    ax1.set(xlabel="frequency (cycles / step)", ylabel="|FFT| of w_{k+1} − w_k",
+            title="Increment spectrum (mean ± std over weights)")
+    ax1.legend(fontsize=8)
+    ax2.plot(lags[1:], acf_r[1:], "o-", ms=3, label="SGD increments")
+    ax2.plot(lags[1:], acf_s[1:], "x-", ms=3, color="C3", label="surrogate")
+    ax2.axhspan(-band, band, color="0.85", label="95 % white-noise band")
+    ax2.set(xlabel="lag (steps)", ylabel="autocorrelation (mean over weights)",
+            title="Autocorrelation of increments")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    section = Section(
+        "limit_cycles", "Limit cycles: increments of a long constant-step SGD run",
+        [
+            f"After training, SGD continues for {cfg.cycle_steps} steps at the same learning "
+            f"rate, recording every step. The {run.d - int(moving.sum())} weights whose "
+            "increments are all zero are left out "
+            f"({n_blank} pixels are blank in every training image, which freezes their "
+            f"{n_blank * cfg.width} first-layer weights); {int(moving.sum())} of {run.d} remain. "
+            "Chaudhari & Soatto find that the FFT of the per-weight "
+            "increments w_{k+1} − w_k of deep networks is not flat (white noise would be) and "
+            "read it as evidence of limit cycles. The time-shuffled surrogate keeps every "
+            "increment and destroys their order: where the two spectra coincide there is no "
+            "temporal structure to explain.",
+            f"Largest amplitude ratio SGD / surrogate: {metrics['max_ratio_to_surrogate']:.2f} at "
+            f"{metrics['frequency_of_max_ratio']:.3g} cycles/step; low- over high-frequency "
+            f"amplitude {metrics['low_over_high_amplitude']:.2f} (surrogate "
+            f"{metrics['surrogate_low_over_high_amplitude']:.2f}); lag-1 autocorrelation "
+            f"{metrics['lag1_acf']:.3f} (surrogate {metrics['surrogate_lag1_acf']:.3f}, band "
+            f"±{band:.3f}).",
+        ],
+        [Table("Increment statistics", ["quantity", "SGD", "surrogate"], [
+            ["low/high-frequency amplitude", _fmt(metrics["low_over_high_amplitude"]),
+             _fmt(metrics["surrogate_low_over_high_amplitude"])],
+            ["lag-1 autocorrelation", _fmt(metrics["lag1_acf"]),
+             _fmt(metrics["surrogate_lag1_acf"])],
+            ["max amplitude ratio (SGD/surrogate)", _fmt(metrics["max_ratio_to_surrogate"]), "1"],
+        ])],
+        [Figure("limit_cycles", "FFT of per-weight increments and their autocorrelation, "
+                "against a time-shuffled surrogate.", figure_png(fig))],
+    )
+    return section, metrics
+
+
+def _section_diffusion_map(run: _Run):
+    import matplotlib.pyplot as plt
+
+    from .analysis import diffusion_map, intrinsic_dimension
+    from .report import Figure, Section, Table, figure_png
+
+    cfg = run.cfg
+    sets = {"training": (run.snapshots, run.snapshot_steps)}
+    if "limit_cycles" in cfg.sections:
+        traj = run.cycle_trajectory()
+        stride = max(1, traj.shape[0] // 400)
+        sets["continuation"] = (traj[::stride], np.arange(0, traj.shape[0], stride))
+    results = {}
+    for name, (pts, steps) in _tqdm(iterable=list(sets.items()), desc="diffusion maps",
+                                    unit="set", disable=not run.progress):
+        pts = np.asarray(pts, dtype=np.float64)
+        k = min(cfg.dmap_k, pts.shape[0] - 1)
+        dm = diffusion_map(pts, k=k)
+        dim = intrinsic_dimension(pts)
+        results[name] = {
+            "n_points": int(pts.shape[0]),
+            "steps": steps,
+            "eigenvalues": np.asarray(dm.eigenvalues),
+            "coordinates": np.asarray(dm.coordinates)[:, :2],
+            "bandwidth": float(dm.eps),
+            "intrinsic_dimension": float(dim.dimension),
+            "eps_star": float(dim.eps_star),
+            "eps_grid": np.asarray(dim.eps_grid),
+            "slope": np.asarray(dim.slope),
+        }
+    fig, axes = plt.subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 3.6))
+    for ax, (name, r) in zip(axes, results.items(), strict=False):
+        c = r["coordinates"]
+        sc = ax.scatter(c[:, 0], c[:, 1] if c.shape[1] > 1 else np.zeros(len(c)),
+                        c=r["steps"], s=8, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label="step")
+        ax.set(xlabel="λ₁ψ₁", ylabel="λ₂ψ₂", title=f"{name} trajectory ({r['n_points']} points)")
+    ax = axes[-1]
+    for name, r in results.items():
+        ax.semilogx(r["eps_grid"], 2 * r["slope"], label=f"{name}: dim ≈ "
+                    f"{r['intrinsic_dimension']:.2f}")
+        ax.axvline(r["eps_star"], color="0.6", lw=0.8, ls=":")
+    ax.set(xlabel="bandwidth ε", ylabel="2 · d log Σ K_ij / d log ε",
+           title="Intrinsic dimension (bandwidth sweep)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    rows = [[name, str(r["n_points"]), _fmt(r["intrinsic_dimension"]),
+             ", ".join(_fmt(x) for x in r["eigenvalues"][:4])] for name, r in results.items()]
+    section = Section(
+        "diffusion_map", "Diffusion map of the SGD trajectory",
+        [
+            "Points are flattened parameter snapshots; Gaussian kernel with the median squared "
+            "distance as bandwidth, α = 1 normalisation (removes the sampling density), Markov "
+            "normalisation; embedding λ_l ψ_l (Coifman & Lafon; Fjellström & Nyström). The "
+            "intrinsic dimension is twice the slope of log Σ_ij K_ij(ε) against log ε, read "
+            "where each point has about √n neighbours. Trajectories: the training run "
+            "(snapshots every record_every steps) and, when the limit-cycle section runs, the "
+            "constant-step continuation after training (every step, at most 400 points).",
+            "Estimated intrinsic dimension: " + "; ".join(
+                f"{name} {r['intrinsic_dimension']:.2f}" for name, r in results.items()) + ".",
+        ],
+        [Table("Diffusion-map summary", ["trajectory", "points", "intrinsic dim.",
+                                          "top eigenvalues"], rows)],
+        [Figure("diffusion_map", "Diffusion-map embedding of the trajectories (coloured by "
+                "step) and the bandwidth sweep of the intrinsic dimension.", figure_png(fig))],
+    )
+    return section, results
+
+
+_SECTION_FUNCS: dict[str, Callable] = {
+    "spectrum": _section_spectrum,
+    "directional": _section_directional,
+    "flows": _section_flows,
+    "limit_cycles": _section_limit_cycles,
+    "diffusion_map": _section_diffusion_map,
+}
 
 
 # --------------------------------------------------------------------------------------------

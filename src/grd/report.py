@@ -81,15 +81,16 @@ def figure_png(fig, *, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def to_jsonable(obj):
+def to_jsonable(obj, path: str = "metrics"):
     """Convert numpy/jax scalars and arrays (nested in dicts, lists, tuples) to JSON types.
 
-    Non-finite floats raise ``ValueError``: a report shows numbers, and JSON has no NaN.
+    Non-finite floats raise ``ValueError`` naming their path: a report shows numbers, and
+    JSON has no NaN.
     """
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, f"{path}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, (str, bool)) or obj is None:
         return obj
     if isinstance(obj, (int, np.integer)):
@@ -97,7 +98,7 @@ def to_jsonable(obj):
     if isinstance(obj, (float, np.floating)):
         x = float(obj)
         if not math.isfinite(x):
-            raise ValueError(f"metrics must be finite; got {x}.")
+            raise ValueError(f"{path} must be finite; got {x}.")
         return x
     arr = np.asarray(obj)
     if arr.dtype == bool:
@@ -105,10 +106,12 @@ def to_jsonable(obj):
     if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(int).tolist()
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("metrics must be finite; got an array with NaN or inf.")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{path}{list(first)} must be finite; got {arr[first]}.")
         return arr.astype(float).tolist()
-    raise TypeError(f"cannot store {type(obj).__name__} in metrics.json.")
+    raise TypeError(f"cannot store {type(obj).__name__} at {path} in metrics.json.")
 
 
 _CSS = """
