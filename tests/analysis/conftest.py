@@ -1,4 +1,5 @@
-"""Float64 for the oracle tests of grd.analysis (set once, before any array is created)."""
+"""Float64 for the oracle tests of grd.analysis (also set by tests/conftest.py; repeated here
+so this folder runs on its own)."""
 
 import jax
 

@@ -146,6 +146,16 @@ def test_bad_directions():
         uniform_concentration_baseline(10, 1)
 
 
+def test_value_checks_inside_jit():
+    x = np.random.default_rng(0).standard_normal((10, 5))
+    x[3] = np.nan
+    with pytest.raises(Exception, match="directions"):
+        jax.block_until_ready(jax.jit(vmf_concentration)(x))
+    x[3] = 0.0
+    with pytest.raises(Exception, match="directions"):
+        jax.block_until_ready(jax.jit(vmf_concentration)(x))
+
+
 def test_stochasticities_against_numpy():
     g = np.random.default_rng(3).standard_normal((40, 7)) + np.arange(7)
     norms = np.linalg.norm(g, axis=1)

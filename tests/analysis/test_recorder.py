@@ -88,6 +88,7 @@ def test_kill_and_resume_is_bit_identical(script, tmp_path):
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     partial = load_trajectory(killed)
     assert 3 * 7 <= len(partial) < 200  # interrupted well before the end (200 snapshots)
