@@ -2,8 +2,11 @@
 
 g is positive definite for every ε ≥ 0. The inverse comes in four forms:
 
-* ``"cg"`` — exact, matrix-free: conjugate gradients (lineax) on ``v ↦ v + ε D v``; the
-  condition number is ``1 + ε λ_max``, so few iterations are needed.
+* ``"cg"`` — exact, matrix-free: conjugate gradients on ``v ↦ v + ε D v``; the condition
+  number is ``1 + ε λ_max``, so few iterations are needed. (Written out, with
+  ``jax.lax.custom_linear_solve`` for implicit differentiation, rather than ``lineax.CG``:
+  lineax 0.1.1 declares breakdown unless ``pᵀAp > 100·d·eps·rᵀr``, which ``I + εD`` in float32
+  fails for d ≳ 8·10⁴ — it returns NaN on the first step of a 784-256-10 MLP.)
 * ``"woodbury"`` — exact: ``g⁻¹ = I − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C`` (an N×N Cholesky solve; needs
   the N×d matrix C of centred per-example gradients).
 * ``"weak_field"`` — first order: ``g⁻¹ ≈ I − ε D``, error O(ε²‖D‖²), valid (and positive
@@ -19,12 +22,11 @@ from typing import Literal, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 
 from . import _validation as val
 from ._diffusion import _diffusion_matvec, lambda_max
 from ._primitives import per_example_map
-from ._tree import tree_add_scale, tree_norm, tree_ravel, tree_sub
+from ._tree import tree_add_scale, tree_norm, tree_ravel, tree_sub, tree_vdot, tree_zeros_like
 
 InverseMethod = Literal["weak_field", "neumann", "cg", "woodbury"]
 
@@ -70,6 +72,49 @@ def _check_weak_field(eps, lam_max, method, estimate=None):
     )
 
 
+def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=True):
+    """Solve ``matvec(x) = b`` for a symmetric positive-definite operator on pytrees.
+
+    Stops when ``‖r‖ ≤ max(rtol·‖b‖, atol)`` or after ``max_steps`` iterations; with
+    ``throw=True`` (and value checks on) not converging is an error inside jit, otherwise the
+    iteration count tells. Differentiable (implicitly, through ``custom_linear_solve``).
+
+    Returns:
+      ``(x, num_steps)``.
+    """
+
+    def solve(mv, rhs):
+        tol2 = jnp.maximum(rtol**2 * tree_vdot(rhs, rhs), atol**2)
+
+        def cond(carry):
+            _, _, _, rr, k = carry
+            return (k < max_steps) & (rr > tol2)
+
+        def body(carry):
+            x, r, p, rr, k = carry
+            Ap = mv(p)
+            alpha = rr / tree_vdot(p, Ap)
+            x = tree_add_scale(x, alpha, p)
+            r = tree_add_scale(r, -alpha, Ap)
+            rr_new = tree_vdot(r, r)
+            p = tree_add_scale(r, rr_new / rr, p)
+            return x, r, p, rr_new, k + 1
+
+        rr0 = tree_vdot(rhs, rhs)
+        init = (tree_zeros_like(rhs), rhs, rhs, rr0, jnp.asarray(0, jnp.int32))
+        x, _, _, rr, k = jax.lax.while_loop(cond, body, init)
+        if throw and val.CHECKS_ENABLED:
+            x = eqx.error_if(
+                x,
+                rr > tol2,
+                "conjugate gradients did not converge within `max_steps`; raise `max_steps` "
+                "or loosen `rtol`/`atol`.",
+            )
+        return x, k
+
+    return jax.lax.custom_linear_solve(matvec, b, solve, symmetric=True, has_aux=True)
+
+
 def woodbury_inverse(C, v_flat, eps):
     """``g⁻¹ v = v − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C v`` for a flat ``v`` and the ``(N, d)`` matrix ``C``."""
     n = C.shape[0]
@@ -112,13 +157,14 @@ def _metric_inverse(
         _, out = jax.lax.fori_loop(0, num_terms, body, (v, v))
         return out, InverseInfo(jnp.asarray(num_terms), jnp.asarray(jnp.nan))
     if method == "cg":
-        op = lx.FunctionLinearOperator(
+        x, steps = conjugate_gradients(
             lambda x: _metric_apply(loss_fn, params, batch, x, eps, chunk_size),
-            jax.eval_shape(lambda: v),
-            tags=(lx.symmetric_tag, lx.positive_semidefinite_tag),
+            v,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
         )
-        sol = lx.linear_solve(op, v, lx.CG(rtol=rtol, atol=atol, max_steps=max_steps))
-        return sol.value, InverseInfo(sol.stats["num_steps"], jnp.asarray(jnp.nan))
+        return x, InverseInfo(steps, jnp.asarray(jnp.nan))
     if method == "woodbury":
         if per_example_grads is None:
 
@@ -161,12 +207,13 @@ def metric_inverse(
       loss_fn, params, batch: as in :func:`grd.diffusion_matvec`.
       v: pytree with the structure of ``params``.
       eps: ε ≥ 0.
-      method: ``"cg"`` (exact, matrix-free, lineax CG), ``"woodbury"`` (exact, N×N solve),
+      method: ``"cg"`` (exact, matrix-free CG), ``"woodbury"`` (exact, N×N solve),
         ``"weak_field"`` (``v − ε D v``), ``"neumann"`` (``num_terms`` terms of the series).
       lam_max: λ_max(D) for the check ``ε λ_max < 1`` of the weak-field and Neumann inverses
         (eagerly, or inside jit with ``eqx.error_if``). ``"estimate"`` (default) estimates it
         by 10 Lanczos products; pass the value when known (hot loops), or ``None`` to skip.
-      rtol, atol, max_steps: CG tolerances; CG failing to converge raises (lineax).
+      rtol, atol, max_steps: CG stops at ``‖r‖ ≤ max(rtol·‖v‖, atol)``; not converging
+        within ``max_steps`` raises (inside jit too).
       per_example_grads: optional pytree with leading N for the Woodbury path.
       return_info: also return :class:`InverseInfo` with the iteration count and the
         residual ``‖v − g x‖`` (one extra product).

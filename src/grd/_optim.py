@@ -25,7 +25,7 @@ import optax
 import optax.tree as otu
 
 from . import _validation as val
-from ._metric import woodbury_inverse
+from ._metric import conjugate_gradients, woodbury_inverse
 from ._primitives import centred
 from ._tree import tree_ravel
 
@@ -127,34 +127,6 @@ def _grads_matvec(C, unravel):
         return unravel(C.T @ (C @ tree_ravel(v)[0]) / n)
 
     return matvec
-
-
-def _conjugate_gradients(matvec, b, max_steps, rtol):
-    """At most ``max_steps`` CG iterations on ``matvec(x) = b`` (symmetric positive definite).
-
-    Stops when ``‖r‖ ≤ rtol·‖b‖``. Returns ``(x, num_steps)``. Written out rather than
-    ``lineax.CG``: lineax 0.1.1 declares breakdown (α = NaN) unless ``pᵀAp > 100·d·eps·|rᵀr|``,
-    which a well-conditioned ``I + εD`` in float32 fails for d ≳ 10⁵ (NaN on the first step).
-    """
-    tol2 = (rtol**2) * otu.vdot(b, b)
-
-    def cond(carry):
-        _, _, _, rr, k = carry
-        return (k < max_steps) & (rr > tol2)
-
-    def body(carry):
-        x, r, p, rr, k = carry
-        Ap = matvec(p)
-        alpha = rr / otu.vdot(p, Ap)
-        x = otu.add_scale(x, alpha, p)
-        r = otu.add_scale(r, -alpha, Ap)
-        rr_new = otu.vdot(r, r)
-        p = otu.add_scale(r, rr_new / rr, p)
-        return x, r, p, rr_new, k + 1
-
-    init = (otu.zeros_like(b), b, b, otu.vdot(b, b), jnp.asarray(0, jnp.int32))
-    x, _, _, _, k = jax.lax.while_loop(cond, body, init)
-    return x, k
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,8 +287,12 @@ def scale_by_diffusion_metric(
             _, out = jax.lax.fori_loop(1, num_terms, body, (term, otu.add(updates, term)))
             steps = jnp.asarray(num_terms, jnp.int32)
         elif method == "cg":
-            out, steps = _conjugate_gradients(
-                lambda x: otu.add_scale(x, eps_t, Dv(x)), updates, cg_steps, cg_rtol
+            out, steps = conjugate_gradients(
+                lambda x: otu.add_scale(x, eps_t, Dv(x)),
+                updates,
+                rtol=cg_rtol,
+                max_steps=cg_steps,
+                throw=False,  # a fixed per-step budget: the iteration count is in the state
             )
         else:  # woodbury
             out = unravel(woodbury_inverse(C, flat_g, eps_t))
