@@ -71,16 +71,31 @@ def _rendered_image_status(html_path: Path, tmp_path: Path):
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "report"
     start = time.perf_counter()
-    proc = _run_cli(*TINY, "--out", str(out))
+    proc = _run_cli(*TINY, "--keep-trajectory", "--out", str(out))
     elapsed = time.perf_counter() - start
     return out, proc, elapsed
+
+
+def test_reproduce_keeps_the_recorded_trajectories(tiny_report):
+    from grd.analysis import load_trajectory
+
+    out, proc, _ = tiny_report
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    train = load_trajectory(out / "trajectory" / "training")
+    assert len(train) == cfg["steps"] // cfg["record_every"] + 1
+    assert list(train.steps) == list(range(0, cfg["steps"] + 1, cfg["record_every"]))
+    cont = load_trajectory(out / "trajectory" / "continuation")
+    assert len(cont) == cfg["cycle_steps"] + 1
+    # the continuation starts where training ended
+    assert (cont[0] == train[-1]).all()
 
 
 def test_reproduce_tiny_writes_every_file(tiny_report):
     out, proc, elapsed = tiny_report
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    for name in ("report.html", "report.md", "metrics.json"):
+    for name in ("report.html", "report.md", "metrics.json"):  # trajectories checked below
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     pngs = sorted((out / "figures").glob("*.png"))
     assert len(pngs) >= 3
@@ -259,8 +274,13 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
     """A KeyboardInterrupt in the middle of writing the report: no directory appears."""
     real_write = report.write_report
 
+    written_dirs = []
+
     def write_then_interrupt(directory, *a, **kw):
+        # without --keep-trajectory the stores are gone before the report is written
+        assert not (Path(directory) / "trajectory").exists()
         real_write(directory, *a, **kw)
+        written_dirs.append(Path(directory))
         assert (Path(directory) / "report.html").exists()  # a full report was in the temp dir
         raise KeyboardInterrupt
 
@@ -268,6 +288,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     code = main([*TINY, "--out", str(out), "--sections", "spectrum"])
     assert code == 130
+    assert written_dirs  # the report was fully written before the interrupt
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists()
     assert not _partials(tmp_path)

@@ -3,10 +3,19 @@
 One run on the bundled digits data (no download):
 
 1. **training** — a two-layer tanh MLP trained by constant-step SGD; parameter snapshots are
-   recorded every ``record_every`` steps and kept at the checkpoints (fractions of training).
+   recorded every ``record_every`` steps (:class:`grd.analysis.TrajectoryRecorder`) and kept
+   at the checkpoints (fractions of training).
 2. **spectrum** — at every checkpoint the exact spectrum of D (Gram form), its rank under
    the relative and absolute thresholds, ``tr D``, ``|ḡ|²`` and the noise scale
    ``B_simple = tr D / |ḡ|²`` (SPEC §2, §6).
+3. **directional** — vMF concentration of minibatch-gradient directions against the uniform
+   baseline ``p/√n``, gradient (norm) stochasticity (Lee, Cho & Kang).
+4. **flows** — GD, NGD and GRD integrated from a checkpoint for several ε; distance between
+   GRD and NGD, the residual ``R`` along GRD, losses (SPEC §5).
+5. **limit_cycles** — FFT and autocorrelation of the per-step increments of a long
+   constant-step SGD run, against a time-shuffled surrogate (Chaudhari & Soatto).
+6. **diffusion_map** — diffusion-map embedding and intrinsic dimension of the recorded
+   trajectories (Coifman & Lafon; Fjellström & Nyström).
 
 Every number shown in the report is stored in ``metrics.json``. The report is written into a
 hidden temporary directory beside the target and renamed into place at the very end, so an
@@ -173,17 +182,26 @@ class _Run:
 
                 return jax.lax.scan(step, params, keys)
 
-            out = [np.asarray(ravel_pytree(self.final_params)[0])]
+            from .analysis import TrajectoryRecorder, load_trajectory
+
+            store = self.workdir / "trajectory" / "continuation"
             params = self.final_params
             keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), cfg.cycle_steps)
             size = 256
-            with _tqdm(total=cfg.cycle_steps, desc="constant-step SGD run", unit="step",
-                       disable=not self.progress) as bar:
+            with TrajectoryRecorder(store, every=1, chunk=size) as rec, _tqdm(
+                total=cfg.cycle_steps, desc="constant-step SGD run", unit="step",
+                disable=not self.progress,
+            ) as bar:
+                rec.record(0, params)
                 for i in range(0, cfg.cycle_steps, size):
                     params, ws = block(params, keys[i : i + size])
-                    out.append(np.asarray(ws))
+                    for j, w in enumerate(np.asarray(ws)):
+                        rec.record(i + j + 1, w)
                     bar.update(ws.shape[0])
-            traj = np.concatenate([out[0][None], *out[1:]], axis=0)
+            traj = load_trajectory(store).as_array()
+            if traj.shape[0] != cfg.cycle_steps + 1:
+                raise RuntimeError(f"the recorder returned {traj.shape[0]} snapshots; expected "
+                                   f"{cfg.cycle_steps + 1}.")
             if not np.all(np.isfinite(traj)):
                 raise FloatingPointError("the constant-step SGD run diverged; lower --lr.")
             self._cycle = traj
@@ -217,6 +235,7 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
     import optax
     from jax.flatten_util import ravel_pytree
 
+    from .analysis import TrajectoryRecorder, load_trajectory
     from .data import load_digits
     from .models.mlp import accuracy, init_mlp, mlp_classifier
 
@@ -264,7 +283,9 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
     ck_chunks = sorted({int(round(c * n_chunks)) for c in cfg.checkpoints})
     flow_chunk = int(round(cfg.flow_checkpoint * n_chunks))
     history = {"step": [], "train_loss": [], "test_accuracy": []}
-    snapshots, snapshot_steps, checkpoints, flow_start = [], [], [], []
+    checkpoints, flow_start = [], []
+    store = workdir / "trajectory" / "training"
+    recorder = TrajectoryRecorder(store, every=cfg.record_every, chunk=256)
 
     def record(chunk, params):
         step = chunk * cfg.record_every
@@ -272,21 +293,22 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
         history["step"].append(step)
         history["train_loss"].append(float(loss))
         history["test_accuracy"].append(float(acc))
-        snapshots.append(np.asarray(ravel_pytree(params)[0]))
-        snapshot_steps.append(step)
+        recorder.record(step, params)
         if chunk in ck_chunks:
             checkpoints.append((chunk / n_chunks, step, params))
         if chunk == flow_chunk:
             flow_start.append((chunk / n_chunks, step, params))
 
-    record(0, params)
     keys = jax.random.split(key_sgd, n_chunks)
-    with _tqdm(total=cfg.steps, desc="SGD training", unit="step", disable=not progress) as bar:
+    with recorder, _tqdm(total=cfg.steps, desc="SGD training", unit="step",
+                         disable=not progress) as bar:
+        record(0, params)
         for c in range(1, n_chunks + 1):
             params = run_chunk(params, keys[c - 1])
             record(c, params)
             bar.update(cfg.record_every)
             bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")
+    trajectory = load_trajectory(store)
     for name, values in history.items():
         if name != "step" and not np.all(np.isfinite(values)):
             raise FloatingPointError(
@@ -295,7 +317,7 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
     return _Run(
         cfg=cfg, dtype=dtype, train=train, test=test, model=model, loss_fn=loss_fn, d=d,
         unravel=unravel, history={k: np.asarray(v) for k, v in history.items()},
-        snapshots=np.stack(snapshots), snapshot_steps=np.asarray(snapshot_steps),
+        snapshots=trajectory.as_array(), snapshot_steps=np.asarray(trajectory.steps),
         checkpoints=checkpoints, flow_start=flow_start[0], final_params=params,
         sgd_step=sgd_step, progress=progress, workdir=workdir,
     )
@@ -904,6 +926,7 @@ def reproduce(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    keep_trajectory: bool = False,
     command: Sequence[str] | None = None,
 ) -> list[Path]:
     """Run the pipeline and write the report directory ``out`` atomically.
@@ -917,6 +940,9 @@ def reproduce(
       out: the report directory.
       overwrite: replace an existing non-empty ``out``.
       progress: show tqdm progress bars on stderr.
+      keep_trajectory: keep the recorded trajectories (``trajectory/training`` and
+        ``trajectory/continuation``, :func:`grd.analysis.load_trajectory` stores) in ``out``;
+        by default they are deleted once analysed.
       command: the command line, recorded in the report.
 
     Returns:
@@ -953,8 +979,13 @@ def reproduce(
         ]
         from .report import write_report
 
+        if not keep_trajectory:
+            shutil.rmtree(tmp / "trajectory", ignore_errors=True)
         written = write_report(tmp, "grd reproduce: the geometry of SGD on the digits",
                                sections, metrics, meta)
+        if keep_trajectory and (tmp / "trajectory").is_dir():
+            written += sorted(p.relative_to(tmp) for p in (tmp / "trajectory").rglob("*")
+                              if p.is_file())
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

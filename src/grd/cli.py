@@ -141,6 +141,10 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--tiny", action="store_true",
                    help="a seconds-long setting for smoke tests (small width, data and steps); "
                         "explicit options still override it")
+    p.add_argument("--keep-trajectory", action="store_true",
+                   help="keep the recorded SGD trajectories under OUT/trajectory/ (chunked .npy "
+                        "stores readable with grd.analysis.load_trajectory); by default they "
+                        "are deleted after the analysis")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce, parser=p)
 
@@ -220,6 +224,7 @@ def _cmd_reproduce(args) -> int:
     except ValueError as e:
         p.error(str(e))
     files = rp.reproduce(config, out, overwrite=True, progress=not args.quiet,
+                         keep_trajectory=args.keep_trajectory,
                          command=["grd", *sys.argv[1:]] if args.argv is None else
                          ["grd", *args.argv])
     print(f"wrote {len(files)} files to {out}/ (open {out / 'report.html'})")
