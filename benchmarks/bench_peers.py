@@ -39,7 +39,6 @@ be imported (or fails) is skipped with the reason printed and written to the res
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -78,7 +77,10 @@ torch_ns = _try_import("torch", "import torch, torch.func")
 torch = torch_ns["torch"] if torch_ns else None
 curv_ns = _try_import("curvlinops", "from curvlinops import EFLinearOperator") if torch else None
 bp_ns = (
-    _try_import("backpack", "from backpack import backpack, extend\nfrom backpack.extensions import BatchGrad")
+    _try_import(
+        "backpack",
+        "from backpack import backpack, extend\nfrom backpack.extensions import BatchGrad",
+    )
     if torch
     else None
 )
@@ -217,7 +219,9 @@ def bench_dv(prob, repeat):
     # grd's own per-example route: N×d gradients then Cᵀ(Cv)/N
     pe = jax.jit(
         lambda p, b, u: cov_product(
-            jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(per_example_grads(loss_fn, p, b)),
+            jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(
+                per_example_grads(loss_fn, p, b)
+            ),
             jax.flatten_util.ravel_pytree(u)[0],
         )
     )
@@ -245,10 +249,16 @@ def bench_dv(prob, repeat):
 
             errs["curvlinops EF−ḡḡᵀ"] = rel(centred().numpy(), ref)
             # the uncentred EF·v compared with D·v + ḡ(ḡ·v) computed by grd
-            gb = jax.grad(lambda p: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, batch)))(params)
+            gb = jax.grad(lambda p: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, batch)))(
+                params
+            )
             gbt = flat_torch_order(gb)
-            errs["curvlinops EF (uncentred) vs D+ḡḡᵀ"] = rel(raw().numpy(), ref + gbt * (gbt @ prob["v_t"]))
-            errs["|ḡḡᵀv| / |Dv|"] = float(np.linalg.norm(gbt * (gbt @ prob["v_t"])) / np.linalg.norm(ref))
+            errs["curvlinops EF (uncentred) vs D+ḡḡᵀ"] = rel(
+                raw().numpy(), ref + gbt * (gbt @ prob["v_t"])
+            )
+            errs["|ḡḡᵀv| / |Dv|"] = float(
+                np.linalg.norm(gbt * (gbt @ prob["v_t"])) / np.linalg.norm(ref)
+            )
             row["curvlinops EF·v (uncentred, as is)"] = timeit(tsync(raw), repeat=repeat)
             row["curvlinops EF·v − ḡ(ḡ·v)"] = timeit(tsync(centred), repeat=repeat)
         except Exception as e:  # noqa: BLE001
@@ -265,7 +275,9 @@ def bench_dv(prob, repeat):
             traceback.print_exc()
     for k, e in errs.items():
         if not k.startswith("|") and e > 1e-3:
-            raise AssertionError(f"{k} disagrees with grd D·v on {row['model']}: relative error {e:.2e}")
+            raise AssertionError(
+                f"{k} disagrees with grd D·v on {row['model']}: relative error {e:.2e}"
+            )
     return row, errs
 
 
@@ -326,7 +338,9 @@ from geomstats.geometry.riemannian_metric import RiemannianMetric
 a = np.load(sys.argv[1])
 eps = float(sys.argv[2])
 shapes = json.loads(sys.argv[3])
-X = torch.from_numpy(a["x"]).double(); y = torch.from_numpy(a["y"]).long(); w0 = torch.from_numpy(a["w"]).double()
+X = torch.from_numpy(a["x"]).double()
+y = torch.from_numpy(a["y"]).long()
+w0 = torch.from_numpy(a["w"]).double()
 N, d = X.shape[0], w0.shape[0]
 def model(w, x):
     i, h = 0, x
@@ -365,7 +379,9 @@ def geomstats_christoffels(prob, eps, out_npy):
     shapes = [[k.shape[0], k.shape[1]] for k, _ in layers_of(params)]
     with tempfile.TemporaryDirectory() as tmp:
         npz = os.path.join(tmp, "in.npz")
-        np.savez(npz, x=np.asarray(batch["x"]), y=np.asarray(batch["y"]), w=flat_torch_order(params))
+        np.savez(
+            npz, x=np.asarray(batch["x"]), y=np.asarray(batch["y"]), w=flat_torch_order(params)
+        )
         r = subprocess.run(
             [sys.executable, "-c", GS_CHILD, npz, str(eps), json.dumps(shapes), out_npy],
             capture_output=True,
@@ -373,7 +389,9 @@ def geomstats_christoffels(prob, eps, out_npy):
             timeout=900,
         )
     if r.returncode:
-        raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+        raise RuntimeError(
+            r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -384,6 +402,11 @@ def torch_perm(prob):
     return flat_torch_order(jax.tree_util.tree_map(np.asarray, tree)).astype(np.int64)
 
 
+def arg_bytes(jitted, *args) -> int:
+    """XLA's argument bytes of ``jitted(*args)`` (params, batch, v): add to peak_temp_bytes."""
+    return int(jitted.lower(*args).compile().memory_analysis().argument_size_in_bytes)
+
+
 def bench_christoffel(configs, dense_max_d, gs_max_d, n, eps=0.1):
     rows = []
     for sizes in configs:
@@ -391,15 +414,19 @@ def bench_christoffel(configs, dense_max_d, gs_max_d, n, eps=0.1):
         loss_fn, params, batch, v = prob["loss_fn"], prob["params"], prob["batch"], prob["v"]
         d = prob["d"]
         row = {"model": "-".join(map(str, sizes)), "d": d}
-        mf = jax.jit(lambda p, b, u: _christoffel_first(loss_fn, p, b, u, eps))
+        mf = jax.jit(lambda p, b, u: _christoffel_first(loss_fn, p, b, u, eps))  # noqa: B023
         row["matrix-free s"] = timeit(mf, params, batch, v, repeat=3)
         row["matrix-free bytes"] = peak_temp_bytes(mf, params, batch, v)
+        row["matrix-free argument bytes"] = arg_bytes(mf, params, batch, v)
         row["dense Γ tensor bytes (d³·4)"] = 4.0 * d**3
         if d <= dense_max_d:
             vf = jax.flatten_util.ravel_pytree(v)[0]
             dense = jax.jit(
                 lambda p, b, u: jnp.einsum(
-                    "kij,i,j->k", christoffel_symbols(loss_fn, p, b, eps), u, u
+                    "kij,i,j->k",
+                    christoffel_symbols(loss_fn, p, b, eps),  # noqa: B023
+                    u,
+                    u,
                 )
             )
             got = np.asarray(dense(params, batch, vf))
@@ -441,10 +468,17 @@ def bench_pe(prob, repeat):
     if torch is not None:
         g = torch_per_sample(torch_model(params))
         Gt = g(prob["Xt"], prob["yt"]).numpy()
-        Gj = np.stack([flat_torch_order(jax.tree_util.tree_map(lambda x: x[a], G)) for a in range(prob["n"])])
+        Gj = np.stack(
+            [
+                flat_torch_order(jax.tree_util.tree_map(lambda x, a=a: x[a], G))
+                for a in range(prob["n"])
+            ]
+        )
         row["err"] = rel(Gt, Gj)
         assert row["err"] < 1e-4, row
-        row["torch.func vmap(grad)"] = timeit(tsync(lambda: g(prob["Xt"], prob["yt"])), repeat=repeat)
+        row["torch.func vmap(grad)"] = timeit(
+            tsync(lambda: g(prob["Xt"], prob["yt"])), repeat=repeat
+        )
     return row
 
 
@@ -469,7 +503,9 @@ def ms(rows, keys):
     """Copy of rows with the timing columns in milliseconds."""
     out = []
     for r in rows:
-        out.append({(k + " (ms)" if k in keys else k): (1e3 * v if k in keys else v) for k, v in r.items()})
+        out.append(
+            {(k + " (ms)" if k in keys else k): (1e3 * v if k in keys else v) for k, v in r.items()}
+        )
     return out
 
 
@@ -481,17 +517,20 @@ def where_24gib(rows):
     """Extrapolate the d at which each Christoffel route needs 24 GiB."""
     lim = 24 * 2**30
     d = np.array([r["d"] for r in rows], float)
-    mf = np.array([r["matrix-free bytes"] for r in rows], float)
+    mf = np.array([r["matrix-free bytes"] + r["matrix-free argument bytes"] for r in rows], float)
     big = d >= 1e4
     slope = np.polyfit(d[big], mf[big], 1) if big.sum() >= 2 else (mf[-1] / d[-1], 0.0)
     d_mf = (lim - slope[1]) / slope[0]
     lines = [
-        f"- matrix-free Γ_first(v,v): compiled working memory grows ≈ {slope[0]:.3g} bytes per parameter "
-        f"(linear fit over d ≥ 10⁴, N fixed); 24 GiB would be reached near d ≈ {d_mf:.2g} "
-        "(extrapolated; the largest measured model is in the table).",
+        "- matrix-free Γ_first(v,v): arguments (params, batch, v) + compiled working memory + "
+        f"output grow ≈ {slope[0]:.3g} bytes per parameter (linear fit over d ≥ 10⁴, N = 64 "
+        "fixed); 24 GiB would be "
+        f"reached near d ≈ {d_mf:.2g} (extrapolated; measured up to d = {int(d[-1])}, "
+        f"{mf[-1] / 2**20:.3g} MiB there).",
         f"- dense Γ tensor alone (d³·4 bytes, float32): 24 GiB at d ≈ {(lim / 4) ** (1 / 3):.0f}; "
         "geomstats also holds ∂g (another d³) and the d×d inverse, so it stops earlier "
-        f"(≈ {(lim / 8) ** (1 / 3):.0f} for two d³ float32 tensors; ≈ {(lim / 16) ** (1 / 3):.0f} in float64).",
+        f"(≈ {(lim / 8) ** (1 / 3):.0f} for two d³ float32 tensors; "
+        f"≈ {(lim / 16) ** (1 / 3):.0f} in float64).",
     ]
     dd = [r for r in rows if "grd dense bytes" in r]
     if len(dd) >= 2:
@@ -499,7 +538,8 @@ def where_24gib(rows):
         yb = np.array([r["grd dense bytes"] for r in dd], float)
         c = np.exp(np.mean(np.log(yb[-1:] / x[-1:] ** 3)))
         lines.append(
-            f"- grd dense `christoffel_symbols` measured {yb[-1] / 2**20:.3g} MiB at d = {int(x[-1])} "
+            f"- grd dense `christoffel_symbols` measured {yb[-1] / 2**20:.3g} MiB "
+            f"at d = {int(x[-1])} "
             f"(≈ {c:.3g}·d³ bytes with N fixed; N per-example Hessians N·d² on top): 24 GiB near "
             f"d ≈ {(lim / c) ** (1 / 3):.0f} (extrapolated)."
         )
@@ -512,15 +552,27 @@ def plot(ch_rows, n_rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.4))
     d = [r["d"] for r in ch_rows]
-    ax[0].loglog(d, [r["matrix-free s"] for r in ch_rows], "o-", label="grd matrix-free Γ_first(v,v)")
+    ax[0].loglog(
+        d, [r["matrix-free s"] for r in ch_rows], "o-", label="grd matrix-free Γ_first(v,v)"
+    )
     dd = [r for r in ch_rows if "grd dense s" in r]
     if dd:
-        ax[0].loglog([r["d"] for r in dd], [r["grd dense s"] for r in dd], "s-", label="grd dense Γ then contract")
+        ax[0].loglog(
+            [r["d"] for r in dd],
+            [r["grd dense s"] for r in dd],
+            "s-",
+            label="grd dense Γ then contract",
+        )
     gg = [r for r in ch_rows if "geomstats s" in r]
     if gg:
-        ax[0].loglog([r["d"] for r in gg], [r["geomstats s"] for r in gg], "^-", label="geomstats christoffels (dense)")
+        ax[0].loglog(
+            [r["d"] for r in gg],
+            [r["geomstats s"] for r in gg],
+            "^-",
+            label="geomstats christoffels (dense)",
+        )
     ax[0].set_xlabel("d (parameters)")
     ax[0].set_ylabel("seconds")
     ax[0].set_title("Christoffel symbols: cost against d")
@@ -528,13 +580,44 @@ def plot(ch_rows, n_rows, path):
     ax[0].grid(True, which="both", alpha=0.3)
     if n_rows:
         N = [r["N"] for r in n_rows]
-        for k, m in zip([k for k in n_rows[0] if k not in ("model", "N", "d")], "osd^v"):
+        for k, m in zip(
+            [k for k in n_rows[0] if k not in ("model", "N", "d")], "osd^v", strict=False
+        ):
             ax[1].loglog(N, [1e3 * r[k] for r in n_rows], m + "-", label=k)
         ax[1].set_xlabel("N (examples)")
         ax[1].set_ylabel("ms per D·v")
         ax[1].set_title(f"D·v on MLP {n_rows[0]['model']}: cost against N")
         ax[1].legend(fontsize=7)
         ax[1].grid(True, which="both", alpha=0.3)
+    if n_rows:
+        ax[1].set_xticks(N, [str(x) for x in N])
+        ax[1].minorticks_off()
+    lim = 24 * 2**30
+    dgrid = np.logspace(1, 6, 50)
+    mfb = [r["matrix-free bytes"] + r["matrix-free argument bytes"] for r in ch_rows]
+    ax[2].loglog(d, mfb, "o-", label="grd matrix-free (measured: XLA args+temp+out)")
+    if dd:
+        ax[2].loglog(
+            [r["d"] for r in dd],
+            [r["grd dense bytes"] for r in dd],
+            "s-",
+            label="grd dense (measured: XLA temp+out)",
+        )
+    ax[2].loglog(dgrid, 4 * dgrid**3, ":", label="dense Γ tensor d³·4 bytes (estimate)")
+    if gg:
+        ax[2].loglog(
+            [r["d"] for r in gg],
+            [r["geomstats peak RSS bytes"] for r in gg],
+            "^",
+            label="geomstats process peak RSS",
+        )
+    ax[2].axhline(lim, color="k", lw=0.8)
+    ax[2].text(12, lim * 1.3, "24 GiB", fontsize=8)
+    ax[2].set_xlabel("d (parameters)")
+    ax[2].set_ylabel("bytes")
+    ax[2].set_title("Christoffel symbols: memory against d")
+    ax[2].legend(fontsize=7)
+    ax[2].grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -543,7 +626,14 @@ def versions():
     import importlib.metadata as md
 
     out = []
-    for p in ("torch", "curvlinops-for-pytorch", "backpack-for-pytorch", "geomstats", "numpy", "scipy"):
+    for p in (
+        "torch",
+        "curvlinops-for-pytorch",
+        "backpack-for-pytorch",
+        "geomstats",
+        "numpy",
+        "scipy",
+    ):
         try:
             out.append(f"{p} {md.version(p)}")
         except md.PackageNotFoundError:
@@ -554,7 +644,9 @@ def versions():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--quick", action="store_true", help="smoke run: N=64, no 784-1024-1024-10, short sweeps, geomstats at d=12"
+        "--quick",
+        action="store_true",
+        help="smoke run: N=64, no 784-1024-1024-10, short sweeps, geomstats at d=12",
     )
     args = ap.parse_args(argv)
     q = args.quick
@@ -584,12 +676,22 @@ def main(argv=None):
         n_rows.append({k: v for k, v in r.items() if k not in ("d", "grd per-example then Cᵀ(Cv)")})
         print(n_rows[-1], flush=True)
 
-    ch_configs = [(2, 2, 2), (8, 8, 4), (16, 12, 6), (32, 24, 10), (64, 128, 10), (256, 384, 10), (784, 1200, 10)]
+    ch_configs = [
+        (2, 2, 2),
+        (8, 8, 4),
+        (16, 12, 6),
+        (32, 24, 10),
+        (64, 128, 10),
+        (256, 384, 10),
+        (784, 1200, 10),
+    ]
     if q:
         ch_configs = [(2, 2, 2), (8, 8, 4), (64, 128, 10), (256, 384, 10)]
     # geomstats differentiates the d×d metric matrix with a Python loop of d² backward passes:
     # ≈ 2 min at d = 108 on this machine, so it is run at d ≤ 108 only (d = 12 with --quick)
-    ch_rows = bench_christoffel(ch_configs, dense_max_d=400 if not q else 120, gs_max_d=20 if q else 120, n=64)
+    ch_rows = bench_christoffel(
+        ch_configs, dense_max_d=400 if not q else 120, gs_max_d=20 if q else 120, n=64
+    )
 
     # ---- write
     timing_keys = [k for r in dv_rows for k in r if k not in ("model", "N", "d")]
@@ -615,7 +717,13 @@ def main(argv=None):
         f"- {m}: " + ", ".join(f"{k} {v:.2e}" for k, v in e.items()) for m, e in dv_errs.items()
     )
     n_keys = [k for r in n_rows for k in r if k not in ("model", "N")]
-    tk_keys = [k for r in tk_rows for k in r if k.endswith(" s")]
+    tk_rows = [
+        {
+            (k[:-2] + " (ms)" if k.endswith(" s") else k): (1e3 * v if k.endswith(" s") else v)
+            for k, v in r.items()
+        }
+        for r in tk_rows
+    ]
     pe_keys = ["grd per_example_grads", "torch.func vmap(grad)"]
     pe_rows2 = []
     for r in pe_rows:
@@ -638,6 +746,7 @@ def main(argv=None):
     RESULTS_DIR.mkdir(exist_ok=True)
     plot(ch_rows, n_rows, png)
     up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    wall = time.perf_counter() - t_start
     skipped = "\n".join(f"- {k}: {v}" for k, v in SKIPPED.items()) or "- none"
     body = f"""Peers: {versions()}. torch threads: {torch.get_num_threads() if torch else "—"} \
 (= os.cpu_count()); XLA CPU uses its default thread pool. float32 throughout (geomstats: float64,
@@ -646,7 +755,7 @@ call, except the eigensolvers and the geomstats tensors (one call, after one war
 
 Machine load: load average {load0[0]:.2f}, {load0[1]:.2f}, {load0[2]:.2f} at the start; `{up}` at
 the end (the machine is shared with other engineers' test runs on 2 cores: timings are noisy,
-ratios within one run are the comparable figures). Run wall time {time.perf_counter() - t_start:.0f} s.
+ratios within one run are the comparable figures). Run wall time {wall:.0f} s.
 
 Skipped peers / failures:
 {skipped}
@@ -679,7 +788,7 @@ scipy: `eigsh(k=10, which="LA", tol=1e-4)` on a LinearOperator of curvlinops' `E
 once). Errors: max relative error of the 10 eigenvalues against the exact Gram spectrum
 (`method="gram"`).
 
-{table(ms(tk_rows, tk_keys))}
+{table(tk_rows)}
 
 ## 3. Christoffel symbols (N = 64, ε = 0.1, tanh MLPs of growing width)
 
@@ -700,7 +809,8 @@ Where each stops fitting in 24 GiB:
 
 {table(ms(pe_rows2, pe_keys))}
 
-Plot: `benchmarks/results/peers_cost.png` (Christoffel cost against d; D·v cost against N).
+Plot: `benchmarks/results/peers_cost.png` (Christoffel time and memory against d; D·v cost
+against N).
 """
     print(body)
     print(f"\nwritten to {write_results('peers', 'grd against peers (issue 8)', body)}")

@@ -65,7 +65,9 @@ def child(cfg):
     batch = jax.tree_util.tree_map(jnp.asarray, batch)
     model, loss_fn = mlp_classifier(hidden, num_classes=10, activation="tanh")
     params = init_mlp(model, jax.random.PRNGKey(0), dim)
-    v = jax.tree_util.tree_map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
+    v = jax.tree_util.tree_map(
+        lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params
+    )
     jax.block_until_ready((batch, params, v))
     cs = cfg["chunk"]
     out = {
@@ -74,31 +76,38 @@ def child(cfg):
         "rss_base": vmhwm(),
     }
     ops = {
-        "D·v": (jax.jit(lambda p, b, u: _diffusion_matvec(loss_fn, p, b, u, cs)), (params, batch, v)),
+        "D·v": (
+            jax.jit(lambda p, b, u: _diffusion_matvec(loss_fn, p, b, u, cs)),
+            (params, batch, v),
+        ),
         "top-10 Lanczos": (
             jax.jit(
-                lambda p, b: diffusion_spectrum(
-                    loss_fn, p, b, 10, method="lanczos", num_matvecs=20, chunk_size=cs
-                ).eigenvalues
+                lambda p, b: (
+                    diffusion_spectrum(
+                        loss_fn, p, b, 10, method="lanczos", num_matvecs=20, chunk_size=cs
+                    ).eigenvalues
+                )
             ),
             (params, batch),
         ),
         "NGD flow (2 Euler steps, CG)": (
             jax.jit(
-                lambda p, b: integrate(
-                    loss_fn,
-                    p,
-                    b,
-                    flow="ngd",
-                    eps=1.0,
-                    inverse="cg",
-                    t1=0.1,
-                    dt0=0.05,
-                    solver=diffrax.Euler(),
-                    stepsize_controller=diffrax.ConstantStepSize(),
-                    max_steps=4,
-                    chunk_size=cs,
-                ).ys
+                lambda p, b: (
+                    integrate(
+                        loss_fn,
+                        p,
+                        b,
+                        flow="ngd",
+                        eps=1.0,
+                        inverse="cg",
+                        t1=0.1,
+                        dt0=0.05,
+                        solver=diffrax.Euler(),
+                        stepsize_controller=diffrax.ConstantStepSize(),
+                        max_steps=4,
+                        chunk_size=cs,
+                    ).ys
+                )
             ),
             (params, batch),
         ),
@@ -124,7 +133,10 @@ def child(cfg):
 
 def run_child(cfg):
     r = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True, timeout=1800
+        [sys.executable, __file__, "--child", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -138,7 +150,9 @@ def mib(b):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: N ≤ 6 000, D·v and spectrum only")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: N ≤ 6 000, D·v and spectrum only"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -162,7 +176,9 @@ def main(argv=None):
         res = run_child(cfg)
         res["cfg"] = cfg
         rows.append(res)
-        print(f"{cfg} done in {time.perf_counter() - t0:.0f} s: {json.dumps(res['ops'])}", flush=True)
+        print(
+            f"{cfg} done in {time.perf_counter() - t0:.0f} s: {json.dumps(res['ops'])}", flush=True
+        )
 
     # ---- write (jax imported only now, after every child ran)
     sys.path.insert(0, str(HERE))
@@ -183,7 +199,8 @@ def main(argv=None):
                 f"{mib(o['rss'] - r['rss_base'])} |"
             )
     lam = [
-        f"{r['cfg']['data']} N={r['n']} chunk={r['cfg']['chunk']}: λ_max = {r['ops']['top-10 Lanczos']['lambda_max']:.5g}"
+        f"{r['cfg']['data']} N={r['n']} chunk={r['cfg']['chunk']}: "
+        f"λ_max = {r['ops']['top-10 Lanczos']['lambda_max']:.5g}"
         for r in rows
     ]
     finite = all(o["finite"] for r in rows for o in r["ops"].values())
@@ -200,7 +217,9 @@ def main(argv=None):
             N = [r["n"] for r in sel]
             lab = f"{name}, {'chunk 1000' if chunk else 'unchunked'}"
             ax[0].loglog(N, [r["ops"][name]["bytes"] / 2**20 for r in sel], style, label=lab)
-            ax[1].loglog(N, [(r["ops"][name]["rss"] - r["rss_base"]) / 2**20 for r in sel], style, label=lab)
+            ax[1].loglog(
+                N, [(r["ops"][name]["rss"] - r["rss_base"]) / 2**20 for r in sel], style, label=lab
+            )
     ax[0].set_title("XLA compiled working memory (MLP 784-256-10)")
     ax[1].set_title("peak RSS − RSS with data loaded (cumulative per process)")
     for a in ax:
@@ -212,8 +231,8 @@ def main(argv=None):
     RESULTS_DIR.mkdir(exist_ok=True)
     fig.savefig(RESULTS_DIR / "scale_memory.png", dpi=110)
     up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    body = f"""Every operation runs over the whole data set, jit-compiled, float32, CPU; one timed call
-of the compiled program (wall time, noisy: the machine is shared). Each row group is a fresh
+    body = f"""Every operation runs over the whole data set, jit-compiled, float32, CPU; one timed
+call of the compiled program (wall time, noisy: the machine is shared). Each row group is a fresh
 subprocess; "compiled working memory" is XLA's temp + output bytes of that operation's compiled
 program (`peak_temp_bytes`), "peak RSS" the process' high-water mark (`VmHWM`) after that
 operation (cumulative within the process, in the order D·v → spectrum → flow), "RSS with data
@@ -231,7 +250,12 @@ Top eigenvalue of D found by each configuration (chunked and unchunked must agre
 Plot: `benchmarks/results/scale_memory.png`.
 """
     print(body)
-    print(f"\nwritten to {write_results('scale', 'Whole data sets: chunked vs unchunked memory (issue 8)', body)}")
+    print(
+        "\nwritten to "
+        + str(
+            write_results("scale", "Whole data sets: chunked vs unchunked memory (issue 8)", body)
+        )
+    )
 
 
 if __name__ == "__main__":
