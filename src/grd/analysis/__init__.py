@@ -1,4 +1,5 @@
-"""SGD analysis suite (SPEC §6): directional statistics, diffusion maps, limit cycles, recording.
+"""SGD analysis suite (SPEC §6): spectrum and rank of D, noise scale, directional statistics,
+diffusion maps, limit cycles, recording.
 
 Every function takes arrays (or pytrees, for :func:`minibatch_gradients`), is pure, and is
 jit-able where its math allows; each docstring gives the formula and the paper it follows.
@@ -32,19 +33,30 @@ from grd.analysis.limit_cycles import (
     shuffled_surrogate,
     top_eigenplane,
 )
+from grd.analysis.noise_scale import (
+    CurvatureNoiseScale,
+    SimpleNoiseScale,
+    noise_scale_curvature,
+    noise_scale_simple,
+    sgd_temperature,
+)
 from grd.analysis.recorder import Trajectory, TrajectoryRecorder, load_trajectory
-
-# Functions that need the core diffusion operators (grd._diffusion) go here once it lands:
-# the spectrum and rank of D along training, and the gradient noise scale / temperature
-# (B_simple, B_noise, β⁻¹ = η/(2b)), from their own modules grd.analysis.spectrum and
-# grd.analysis.noise_scale.
+from grd.analysis.spectrum import (
+    SpectrumAlongTraining,
+    plot_spectrum_histogram,
+    spectrum_along_training,
+    spectrum_table,
+)
 
 __all__ = [
     "Autocorrelation",
+    "CurvatureNoiseScale",
     "DiffusionMap",
     "IncrementSpectrum",
     "IntrinsicDimension",
     "NonequilibriumDecomposition",
+    "SimpleNoiseScale",
+    "SpectrumAlongTraining",
     "Trajectory",
     "TrajectoryRecorder",
     "autocorrelation",
@@ -57,9 +69,15 @@ __all__ = [
     "lyapunov_solve",
     "mean_resultant_length",
     "minibatch_gradients",
+    "noise_scale_curvature",
+    "noise_scale_simple",
     "nonequilibrium_decomposition",
+    "plot_spectrum_histogram",
     "rotation_rate",
+    "sgd_temperature",
     "shuffled_surrogate",
+    "spectrum_along_training",
+    "spectrum_table",
     "squared_distances",
     "top_eigenplane",
     "uniform_concentration_baseline",
