@@ -49,7 +49,8 @@ def machine() -> str:
     import importlib.metadata as md
 
     versions = ", ".join(
-        f"{p} {md.version(p)}" for p in ("jax", "jaxlib", "optax", "diffrax", "flax", "lineax", "matfree")
+        f"{p} {md.version(p)}"
+        for p in ("jax", "jaxlib", "optax", "diffrax", "flax", "lineax", "matfree")
     )
     return (
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs, "

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_temp_bytes, timeit, write_results  # noqa: E402
@@ -33,7 +32,9 @@ def problem(sizes, n, seed=0):
     params = init_mlp(model, jax.random.PRNGKey(seed), sizes[0])
     batch = make_classification(n, dim=sizes[0], num_classes=out, seed=seed)
     batch = jax.tree_util.tree_map(jnp.asarray, batch)
-    v = jax.tree_util.tree_map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
+    v = jax.tree_util.tree_map(
+        lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params
+    )
     return loss_fn, params, batch, v
 
 
@@ -53,7 +54,8 @@ def ratios(sizes, n):
         "D·v": timeit(dv, params, batch, v) / t_grad,
         "Γ_first(v,v)": timeit(gam, params, batch, v) / t_grad,
         "½∂g(v,v)": timeit(half, params, batch, v) / t_grad,
-        "mem D·v / grad": peak_temp_bytes(dv, params, batch, v) / peak_temp_bytes(grad, params, batch),
+        "mem D·v / grad": peak_temp_bytes(dv, params, batch, v)
+        / peak_temp_bytes(grad, params, batch),
     }
     return row
 
@@ -63,16 +65,24 @@ def crossover(n=64, widths=(2, 4, 8, 16, 32, 64, 128)):
     rows = []
     for w in widths:
         loss_fn, params, batch, v = problem((16, w, 10), n)
-        dense = jax.jit(lambda p, b, u: diffusion_matrix(loss_fn, p, b) @ jax.flatten_util.ravel_pytree(u)[0])
-        mf = jax.jit(lambda p, b, u: _diffusion_matvec(loss_fn, p, b, u))
+        dense = jax.jit(
+            lambda p, b, u, f=loss_fn: (
+                diffusion_matrix(f, p, b) @ jax.flatten_util.ravel_pytree(u)[0]
+            )
+        )
+        mf = jax.jit(lambda p, b, u, f=loss_fn: _diffusion_matvec(f, p, b, u))
         d = sum(x.size for x in jax.tree_util.tree_leaves(params))
-        rows.append((d, timeit(dense, params, batch, v, repeat=3), timeit(mf, params, batch, v, repeat=3)))
+        rows.append(
+            (d, timeit(dense, params, batch, v, repeat=3), timeit(mf, params, batch, v, repeat=3))
+        )
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="skip the largest model and shorten the crossover")
+    ap.add_argument(
+        "--quick", action="store_true", help="skip the largest model and shorten the crossover"
+    )
     args = ap.parse_args(argv)
     configs = [((64, 32, 10), 256), ((784, 256, 10), 256)]
     if not args.quick:
@@ -81,10 +91,17 @@ def main(argv=None):
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[h]:.3g}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |")
+        lines.append(
+            "| "
+            + " | ".join(f"{r[h]:.3g}" if isinstance(r[h], float) else str(r[h]) for h in head)
+            + " |"
+        )
     table = "\n".join(lines)
     cross = crossover(widths=(2, 8, 32) if args.quick else (2, 4, 8, 16, 32, 64, 128))
-    ctab = ["| d | dense D then D·v (ms) | matrix-free D·v (ms) | dense / matrix-free |", "|---|---|---|---|"]
+    ctab = [
+        "| d | dense D then D·v (ms) | matrix-free D·v (ms) | dense / matrix-free |",
+        "|---|---|---|---|",
+    ]
     for d, td, tm in cross:
         ctab.append(f"| {d} | {1e3 * td:.3g} | {1e3 * tm:.3g} | {td / tm:.3g} |")
     body = (

@@ -48,6 +48,15 @@ if mode == "train":
     final = run_checkpointed(step_fn, state, 60, path=ckpt, every=10, callback=maybe_kill)
     np.save(out, np.asarray(ravel_pytree(final[0])[0]))
 else:
-    y, _ = integrate_checkpointed(loss_fn, params, batch, flow="grd", t1=0.6, path=ckpt,
-                                  segments=6, eps=0.2, callback=maybe_kill)
+    y, _ = integrate_checkpointed(
+        loss_fn,
+        params,
+        batch,
+        flow="grd",
+        t1=0.6,
+        path=ckpt,
+        segments=6,
+        eps=0.2,
+        callback=maybe_kill,
+    )
     np.save(out, np.asarray(ravel_pytree(y)[0]))

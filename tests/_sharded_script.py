@@ -8,14 +8,15 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -56,9 +57,17 @@ def run(num):
         state = tx.init(p)
         per_example = lambda q: jax.vmap(loss_fn, in_axes=(None, 0))(q, b)
         g = jax.grad(lambda q: jnp.mean(per_example(q)))(p)
-        upd, _ = jax.jit(lambda g, s, q: tx.update(g, s, q, per_example_loss_fn=lambda r: jax.vmap(loss_fn, in_axes=(None, 0))(r, b)))(g, state, p)
+        upd, _ = jax.jit(
+            lambda g, s, q: tx.update(
+                g, s, q, per_example_loss_fn=lambda r: jax.vmap(loss_fn, in_axes=(None, 0))(r, b)
+            )
+        )(g, state, p)
         res["optax"] = np.asarray(ravel_pytree(upd)[0])
-    sol = grd._flows.integrate(loss_fn, p, b, flow="ngd", t1=0.2, eps=0.3) if hasattr(grd, "_flows") else None
+    sol = (
+        grd._flows.integrate(loss_fn, p, b, flow="ngd", t1=0.2, eps=0.3)
+        if hasattr(grd, "_flows")
+        else None
+    )
     if sol is not None:
         res["flow"] = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda x: x[-1], sol.ys))[0])
     info = {

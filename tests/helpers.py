@@ -10,12 +10,16 @@ def tiny_mlp_problem(n=12, d_in=3, hidden=4, out=2, seed=0, dtype=jnp.float64):
     """A tanh MLP with a nested-dict pytree of params and a squared-error per-example loss."""
     k = jax.random.split(jax.random.PRNGKey(seed), 6)
     params = {
-        "layer1": {"w": jax.random.normal(k[0], (d_in, hidden), dtype) / np.sqrt(d_in),
-                   "b": 0.1 * jax.random.normal(k[1], (hidden,), dtype)},
+        "layer1": {
+            "w": jax.random.normal(k[0], (d_in, hidden), dtype) / np.sqrt(d_in),
+            "b": 0.1 * jax.random.normal(k[1], (hidden,), dtype),
+        },
         "layer2": {"w": jax.random.normal(k[2], (hidden, out), dtype) / np.sqrt(hidden)},
     }
-    batch = {"x": jax.random.normal(k[3], (n, d_in), dtype),
-             "y": jax.random.normal(k[4], (n, out), dtype)}
+    batch = {
+        "x": jax.random.normal(k[3], (n, d_in), dtype),
+        "y": jax.random.normal(k[4], (n, out), dtype),
+    }
 
     def loss_fn(p, ex):
         h = jnp.tanh(ex["x"] @ p["layer1"]["w"] + p["layer1"]["b"])
@@ -62,5 +66,7 @@ def explicit_metric_christoffel(loss_fn, params, batch, eps):
         return jnp.eye(w.shape[0], dtype=w.dtype) + eps * J.T @ J / n**2
 
     dg = jax.jacfwd(metric)(w0)  # dg[i, j, k] = ∂_k g_ij
-    gamma = 0.5 * (jnp.einsum("jki->kij", dg) + jnp.einsum("ikj->kij", dg) - jnp.einsum("ijk->kij", dg))
+    gamma = 0.5 * (
+        jnp.einsum("jki->kij", dg) + jnp.einsum("ikj->kij", dg) - jnp.einsum("ijk->kij", dg)
+    )
     return np.asarray(gamma), np.asarray(metric(w0)), np.asarray(dg)

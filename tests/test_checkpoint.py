@@ -15,8 +15,12 @@ SCRIPT = Path(__file__).with_name("_checkpoint_script.py")
 
 
 def test_roundtrip_with_keys_and_mismatch(tmp_path):
-    tree = {"w": jnp.arange(6.0).reshape(2, 3), "k": jax.random.key(3), "raw": jax.random.PRNGKey(1),
-            "n": (jnp.int32(4), None)}
+    tree = {
+        "w": jnp.arange(6.0).reshape(2, 3),
+        "k": jax.random.key(3),
+        "raw": jax.random.PRNGKey(1),
+        "n": (jnp.int32(4), None),
+    }
     path = save_checkpoint(tmp_path / "c.npz", tree, step=7, metadata={"note": "x"})
     back, step, meta = load_checkpoint(path, tree)
     assert step == 7 and meta == {"note": "x"}
@@ -25,7 +29,9 @@ def test_roundtrip_with_keys_and_mismatch(tmp_path):
     np.testing.assert_array_equal(back["raw"], tree["raw"])
     assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
     with pytest.raises(ValueError, match="`like` expects float64\\(3, 2\\)"):
-        load_checkpoint(path, {"w": jnp.zeros((3, 2)), "k": tree["k"], "raw": tree["raw"], "n": tree["n"]})
+        load_checkpoint(
+            path, {"w": jnp.zeros((3, 2)), "k": tree["k"], "raw": tree["raw"], "n": tree["n"]}
+        )
 
 
 def _run(mode, ckpt, out, kill_after=None):

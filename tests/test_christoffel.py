@@ -28,7 +28,9 @@ def test_dense_first_kind_matches_explicit_metric(problem):
 def test_dense_second_kind(problem):
     loss_fn, params, batch, ref_gamma, ref_g, _ = problem
     gamma2 = np.asarray(grd.christoffel_symbols(loss_fn, params, batch, EPS, kind="second"))
-    np.testing.assert_allclose(gamma2, np.einsum("kl,lij->kij", np.linalg.inv(ref_g), ref_gamma), atol=1e-12)
+    np.testing.assert_allclose(
+        gamma2, np.einsum("kl,lij->kij", np.linalg.inv(ref_g), ref_gamma), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])
@@ -38,11 +40,25 @@ def test_contractions_match_dense(problem, chunk_size):
     vf = flat(v)
     first = flat(grd.christoffel_contract(loss_fn, params, batch, v, EPS, chunk_size=chunk_size))
     np.testing.assert_allclose(first, np.einsum("kij,i,j->k", ref_gamma, vf, vf), atol=1e-12)
-    second = flat(grd.christoffel_contract(loss_fn, params, batch, v, EPS, kind="second",
-                                           rtol=1e-13, atol=1e-13, chunk_size=chunk_size))
-    np.testing.assert_allclose(second, np.linalg.solve(ref_g, np.einsum("kij,i,j->k", ref_gamma, vf, vf)),
-                               atol=1e-10)
-    half = flat(grd.metric_derivative_contract(loss_fn, params, batch, v, EPS, chunk_size=chunk_size))
+    second = flat(
+        grd.christoffel_contract(
+            loss_fn,
+            params,
+            batch,
+            v,
+            EPS,
+            kind="second",
+            rtol=1e-13,
+            atol=1e-13,
+            chunk_size=chunk_size,
+        )
+    )
+    np.testing.assert_allclose(
+        second, np.linalg.solve(ref_g, np.einsum("kij,i,j->k", ref_gamma, vf, vf)), atol=1e-10
+    )
+    half = flat(
+        grd.metric_derivative_contract(loss_fn, params, batch, v, EPS, chunk_size=chunk_size)
+    )
     # ½ ∂_k g_ij vⁱ vʲ with ref_dg[i, j, k] = ∂_k g_ij
     np.testing.assert_allclose(half, 0.5 * np.einsum("ijk,i,j->k", ref_dg, vf, vf), atol=1e-12)
 
@@ -68,7 +84,9 @@ def test_eps_zero_and_linearity(problem):
     g2 = flat(grd.christoffel_contract(loss_fn, params, batch, v, 2 * EPS))
     np.testing.assert_allclose(g2, 2 * g1, rtol=1e-12)
     v2 = jax.tree_util.tree_map(lambda x: 3 * x, v)
-    np.testing.assert_allclose(flat(grd.christoffel_contract(loss_fn, params, batch, v2, EPS)), 9 * g1, rtol=1e-12)
+    np.testing.assert_allclose(
+        flat(grd.christoffel_contract(loss_fn, params, batch, v2, EPS)), 9 * g1, rtol=1e-12
+    )
 
 
 def test_jit_vmap_grad(problem):
@@ -79,12 +97,17 @@ def test_jit_vmap_grad(problem):
     np.testing.assert_allclose(flat(jitted(params, v, EPS)), ref, atol=1e-13)
     vs = jax.tree_util.tree_map(lambda x: np.stack([x, -x]), v)
     out = jax.vmap(lambda u: grd.metric_derivative_contract(loss_fn, params, batch, u, EPS))(vs)
-    np.testing.assert_allclose(flat(jax.tree_util.tree_map(lambda x: x[1], out)),
-                               flat(grd.metric_derivative_contract(loss_fn, params, batch, v, EPS)), atol=1e-13)
+    np.testing.assert_allclose(
+        flat(jax.tree_util.tree_map(lambda x: x[1], out)),
+        flat(grd.metric_derivative_contract(loss_fn, params, batch, v, EPS)),
+        atol=1e-13,
+    )
     # d/dε of Γ(v, v) = Γ(v, v)/ε (linear in ε)
     dg = jax.jacfwd(lambda e: flat_j(grd.christoffel_contract(loss_fn, params, batch, v, e)))(EPS)
     np.testing.assert_allclose(dg, ref / EPS, rtol=1e-10)
-    gsum = jax.grad(lambda p: flat_j(grd.christoffel_contract(loss_fn, p, batch, v, EPS)).sum())(params)
+    gsum = jax.grad(lambda p: flat_j(grd.christoffel_contract(loss_fn, p, batch, v, EPS)).sum())(
+        params
+    )
     assert np.all(np.isfinite(flat(gsum)))
 
 

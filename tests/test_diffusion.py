@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import flat, pair_form_diffusion, random_like, tiny_mlp_problem
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from jax.flatten_util import ravel_pytree
 
 import grd
@@ -31,7 +30,9 @@ def test_matvec_matches_dense(problem):
     loss_fn, params, batch = problem
     v = random_like(params)
     D = np.asarray(grd.diffusion_matrix(loss_fn, params, batch))
-    np.testing.assert_allclose(flat(grd.diffusion_matvec(loss_fn, params, batch, v)), D @ flat(v), atol=TOL64)
+    np.testing.assert_allclose(
+        flat(grd.diffusion_matvec(loss_fn, params, batch, v)), D @ flat(v), atol=TOL64
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 12, 50])
@@ -46,15 +47,20 @@ def test_chunked_equals_unchunked(problem, chunk_size):
     np.testing.assert_allclose(t, t_ref, rtol=1e-12)
     np.testing.assert_allclose(
         grd.per_example_losses(loss_fn, params, batch, chunk_size=chunk_size),
-        grd.per_example_losses(loss_fn, params, batch), rtol=1e-12)
+        grd.per_example_losses(loss_fn, params, batch),
+        rtol=1e-12,
+    )
 
 
 def test_per_example_grads(problem):
     loss_fn, params, batch = problem
     G = grd.per_example_grads(loss_fn, params, batch)
     ex = jax.tree_util.tree_map(lambda x: x[3], batch)
-    np.testing.assert_allclose(flat(jax.tree_util.tree_map(lambda g: g[3], G)),
-                               flat(jax.grad(loss_fn)(params, ex)), atol=TOL64)
+    np.testing.assert_allclose(
+        flat(jax.tree_util.tree_map(lambda g: g[3], G)),
+        flat(jax.grad(loss_fn)(params, ex)),
+        atol=TOL64,
+    )
 
 
 def test_spectrum_gram_and_lanczos_match_eigh(problem):
@@ -83,15 +89,18 @@ def test_rank_at_most_n_minus_one():
     lam = grd.diffusion_spectrum(loss_fn, params, batch).eigenvalues
     d = D.shape[0]
     assert int(grd.diffusion_rank(lam, d)) <= 4
-    assert np.linalg.matrix_rank(D, tol=1e-10) == int(grd.diffusion_rank(lam, d, threshold="absolute", atol=1e-10))
+    assert np.linalg.matrix_rank(D, tol=1e-10) == int(
+        grd.diffusion_rank(lam, d, threshold="absolute", atol=1e-10)
+    )
 
 
 def test_trace_exact_and_hutchinson(problem):
     loss_fn, params, batch = problem
     D = np.asarray(grd.diffusion_matrix(loss_fn, params, batch))
     np.testing.assert_allclose(grd.diffusion_trace(loss_fn, params, batch), np.trace(D), rtol=1e-12)
-    est = grd.diffusion_trace(loss_fn, params, batch, method="hutchinson", num_samples=400,
-                              key=jax.random.PRNGKey(3))
+    est = grd.diffusion_trace(
+        loss_fn, params, batch, method="hutchinson", num_samples=400, key=jax.random.PRNGKey(3)
+    )
     # Rademacher Hutchinson: Var = 2(‖D‖_F² − Σ D_ii²)/m; allow 4 standard errors.
     se = np.sqrt(2 * (np.sum(D**2) - np.sum(np.diag(D) ** 2)) / 400)
     assert abs(est - np.trace(D)) < 4 * se
@@ -101,12 +110,18 @@ def test_jit_vmap_grad(problem):
     loss_fn, params, batch = problem
     v = random_like(params)
     f = jax.jit(grd.diffusion_matvec, static_argnums=0)
-    np.testing.assert_allclose(flat(f(loss_fn, params, batch, v)),
-                               flat(grd.diffusion_matvec(loss_fn, params, batch, v)), atol=TOL64)
+    np.testing.assert_allclose(
+        flat(f(loss_fn, params, batch, v)),
+        flat(grd.diffusion_matvec(loss_fn, params, batch, v)),
+        atol=TOL64,
+    )
     vs = jax.tree_util.tree_map(lambda x: jnp.stack([x, 2 * x]), v)
     out = jax.vmap(lambda u: grd.diffusion_matvec(loss_fn, params, batch, u))(vs)
-    np.testing.assert_allclose(flat(jax.tree_util.tree_map(lambda x: x[1], out)),
-                               2 * flat(grd.diffusion_matvec(loss_fn, params, batch, v)), atol=TOL64)
+    np.testing.assert_allclose(
+        flat(jax.tree_util.tree_map(lambda x: x[1], out)),
+        2 * flat(grd.diffusion_matvec(loss_fn, params, batch, v)),
+        atol=TOL64,
+    )
     # grad of the quadratic form vᵀ D v w.r.t. params against the dense derivative of D
     quad = lambda p: jnp.vdot(flat_j(v), flat_j(grd.diffusion_matvec(loss_fn, p, batch, v)))
     g = flat(jax.grad(quad)(params))
@@ -122,8 +137,12 @@ def flat_j(tree):
 
 
 @settings(max_examples=8)
-@given(n=st.integers(2, 9), widths=st.lists(st.integers(1, 4), min_size=1, max_size=3),
-       dtype=st.sampled_from([jnp.float32, jnp.float64]), seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(2, 9),
+    widths=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    dtype=st.sampled_from([jnp.float32, jnp.float64]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_matvec_dense_pair(n, widths, dtype, seed):
     """Random N, pytree shapes (a list of leaves) and dtypes: D·v = dense D v = pair form."""
     k = jax.random.split(jax.random.PRNGKey(seed), 3 + len(widths))
@@ -140,7 +159,9 @@ def test_property_matvec_dense_pair(n, widths, dtype, seed):
     b64 = batch.astype(jnp.float64)
     D = pair_form_diffusion(loss_fn, p64, b64)
     tol = 1e-10 if dtype == jnp.float64 else 2e-4 * max(1.0, np.abs(D).max())
-    np.testing.assert_allclose(Dv, D @ flat(v).astype(np.float64), atol=tol * max(1, np.abs(flat(v)).max()))
+    np.testing.assert_allclose(
+        Dv, D @ flat(v).astype(np.float64), atol=tol * max(1, np.abs(flat(v)).max())
+    )
 
 
 def test_float32_digits_matches_float64():
@@ -156,8 +177,11 @@ def test_float32_digits_matches_float64():
     v64 = random_like(p64)
     v32 = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), v64)
     ref = flat(grd.diffusion_matvec(loss_fn, p64, batch64, v64))
-    for fn, tol in [(grd.diffusion_matvec, 1e-4), (lambda *a: grd.christoffel_contract(*a, 0.3), 1e-4),
-                    (lambda *a: grd.metric_derivative_contract(*a, 0.3), 1e-4)]:
+    for fn, tol in [
+        (grd.diffusion_matvec, 1e-4),
+        (lambda *a: grd.christoffel_contract(*a, 0.3), 1e-4),
+        (lambda *a: grd.metric_derivative_contract(*a, 0.3), 1e-4),
+    ]:
         r64 = flat(fn(loss_fn, p64, batch64, v64)) if fn is not grd.diffusion_matvec else ref
         r32 = flat(fn(loss_fn, p32, batch32, v32))
         assert r32.dtype == np.float32
@@ -176,8 +200,12 @@ def test_centred_weights_avoid_cancellation():
     w = np.zeros(d)
     v = rng.normal(size=d)
     ref = np.cov(X.T, bias=True) @ v
-    out32 = grd.diffusion_matvec(loss_fn, jnp.asarray(w, jnp.float32), jnp.asarray(X, jnp.float32),
-                                 jnp.asarray(v, jnp.float32))
+    out32 = grd.diffusion_matvec(
+        loss_fn,
+        jnp.asarray(w, jnp.float32),
+        jnp.asarray(X, jnp.float32),
+        jnp.asarray(v, jnp.float32),
+    )
     err = np.linalg.norm(np.asarray(out32) - ref) / np.linalg.norm(ref)
     X32, v32 = X.astype(np.float32), v.astype(np.float32)
     naive = (X32.T @ (X32 @ v32)) / n - X32.mean(0) * (X32.mean(0) @ v32)

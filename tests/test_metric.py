@@ -21,8 +21,12 @@ def test_apply_matches_dense(problem):
     loss_fn, params, batch, D = problem
     v = random_like(params)
     metric = grd.DiffusionMetric(loss_fn, batch, 0.7)
-    np.testing.assert_allclose(flat(metric.apply(params, v)), (np.eye(len(D)) + 0.7 * D) @ flat(v), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(metric.dense(params)), np.eye(len(D)) + 0.7 * D, atol=1e-12)
+    np.testing.assert_allclose(
+        flat(metric.apply(params, v)), (np.eye(len(D)) + 0.7 * D) @ flat(v), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.asarray(metric.dense(params)), np.eye(len(D)) + 0.7 * D, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("method", ["cg", "woodbury"])
@@ -32,8 +36,9 @@ def test_exact_inverses(problem, method, eps):
     loss_fn, params, batch, D = problem
     v = random_like(params)
     ref = np.linalg.inv(np.eye(len(D)) + eps * D) @ flat(v)
-    out, info = grd.metric_inverse(loss_fn, params, batch, v, eps, method=method,
-                                   rtol=1e-12, atol=1e-12, return_info=True)
+    out, info = grd.metric_inverse(
+        loss_fn, params, batch, v, eps, method=method, rtol=1e-12, atol=1e-12, return_info=True
+    )
     np.testing.assert_allclose(flat(out), ref, atol=1e-9)
     assert float(info.residual_norm) < 1e-9
 
@@ -43,7 +48,9 @@ def test_woodbury_from_per_example_grads(problem):
     v = random_like(params)
     G = grd.per_example_grads(loss_fn, params, batch)
     out = grd.metric_inverse(loss_fn, params, batch, v, 0.5, method="woodbury", per_example_grads=G)
-    np.testing.assert_allclose(flat(out), np.linalg.solve(np.eye(len(D)) + 0.5 * D, flat(v)), atol=1e-10)
+    np.testing.assert_allclose(
+        flat(out), np.linalg.solve(np.eye(len(D)) + 0.5 * D, flat(v)), atol=1e-10
+    )
 
 
 def test_weak_field_and_neumann_error_shrinks(problem):
@@ -71,7 +78,9 @@ def test_weak_field_refuses_strong_field(problem):
     v = random_like(params)
     eps = 2.0 / np.linalg.eigvalsh(D).max()
     with pytest.raises(Exception, match="eps·λ_max < 1"):
-        jax.block_until_ready(grd.metric_inverse(loss_fn, params, batch, v, eps, method="weak_field"))
+        jax.block_until_ready(
+            grd.metric_inverse(loss_fn, params, batch, v, eps, method="weak_field")
+        )
     metric = grd.DiffusionMetric.relative(loss_fn, params, batch, c=2.0)
     np.testing.assert_allclose(metric.field_strength, 2.0, rtol=1e-6)
     with pytest.raises(Exception, match="eps·λ_max < 1"):
@@ -92,12 +101,16 @@ def test_metric_is_pytree_and_jits(problem):
     loss_fn, params, batch, D = problem
     v = random_like(params)
     metric = grd.DiffusionMetric(loss_fn, batch, jnp.asarray(0.4))
-    f = eqx.filter_jit(lambda m, p, u: m.inverse(p, m.apply(p, u), method="cg", rtol=1e-12, atol=1e-12))
+    f = eqx.filter_jit(
+        lambda m, p, u: m.inverse(p, m.apply(p, u), method="cg", rtol=1e-12, atol=1e-12)
+    )
     np.testing.assert_allclose(flat(f(metric, params, v)), flat(v), atol=1e-9)
+
     # grad through the CG inverse w.r.t. ε
     def h(eps):
         m = grd.DiffusionMetric(loss_fn, batch, eps)
         return jnp.sum(flat_j(m.inverse(params, v, method="cg", rtol=1e-12, atol=1e-12)))
+
     dh = jax.grad(h)(0.4)
     gi = np.linalg.inv(np.eye(len(D)) + 0.4 * D)
     np.testing.assert_allclose(dh, np.sum(-gi @ D @ gi @ flat(v)), rtol=1e-6)
@@ -115,6 +128,8 @@ def test_bad_eps(problem):
     with pytest.raises(ValueError, match="`eps`"):
         grd.DiffusionMetric(loss_fn, batch, float("nan"))
     with pytest.raises(Exception, match="`eps`"):
-        jax.block_until_ready(jax.jit(lambda e: grd.metric_apply(loss_fn, params, batch, v, e))(-1.0))
+        jax.block_until_ready(
+            jax.jit(lambda e: grd.metric_apply(loss_fn, params, batch, v, e))(-1.0)
+        )
     with pytest.raises(ValueError, match="`method`"):
         grd.metric_inverse(loss_fn, params, batch, v, 0.1, method="magic")

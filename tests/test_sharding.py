@@ -19,7 +19,9 @@ from grd import sharding
 def test_sharded_results_agree_across_device_counts():
     script = Path(__file__).with_name("_sharded_script.py")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.split("REPORT", 1)[1])
     assert report["devices"] == 8
@@ -32,7 +34,9 @@ def test_sharded_results_agree_across_device_counts():
         for k, diff in info["max_abs_diff"].items():
             # float64: only the order of the cross-device sums changes (CG to 1e-12).
             assert diff <= 1e-9 * max(1.0, info["max_abs_ref"][k]), (num, k, diff)
-        assert {"Dv", "gamma", "half_dg", "hvp", "ginv", "lanczos", "optax", "flow"} <= set(info["max_abs_diff"])
+        assert {"Dv", "gamma", "half_dg", "hvp", "ginv", "lanczos", "optax", "flow"} <= set(
+            info["max_abs_diff"]
+        )
 
 
 def test_shard_batch_errors():
@@ -41,4 +45,6 @@ def test_shard_batch_errors():
         sharding.data_mesh(len(jax.devices()) + 1)
     b = sharding.shard_batch({"x": jax.numpy.ones((3, 2))}, mesh)
     assert b["x"].shape == (3, 2)
-    assert grd.per_example_losses(lambda p, ex: p * ex["x"].sum(), jax.numpy.asarray(1.0), b).shape == (3,)
+    assert grd.per_example_losses(
+        lambda p, ex: p * ex["x"].sum(), jax.numpy.asarray(1.0), b
+    ).shape == (3,)

@@ -41,7 +41,9 @@ def test_nan_inputs_raise(problem, where):
     args = {"params": params, "batch": batch, "v": v}
     args[where] = poison(args[where])
     with pytest.raises(Exception, match=f"`{where}` contains NaN"):
-        jax.block_until_ready(grd.diffusion_matvec(loss_fn, args["params"], args["batch"], args["v"]))
+        jax.block_until_ready(
+            grd.diffusion_matvec(loss_fn, args["params"], args["batch"], args["v"])
+        )
     f = jax.jit(lambda p, b, u: grd.christoffel_contract(loss_fn, p, b, u, 0.1))
     with pytest.raises(Exception, match=f"`{where}` contains NaN"):
         jax.block_until_ready(f(args["params"], args["batch"], args["v"]))

@@ -30,7 +30,9 @@ def _christoffel_first(loss_fn, params, batch, v, eps, chunk_size=None):
 @eqx.filter_jit
 def _metric_derivative(loss_fn, params, batch, v, eps, chunk_size=None):
     s = jvp_values(loss_fn, params, batch, v, order=1, chunk_size=chunk_size)
-    return tree_scale(eps, weighted_hvp(loss_fn, params, batch, centred(s), v, chunk_size=chunk_size))
+    return tree_scale(
+        eps, weighted_hvp(loss_fn, params, batch, centred(s), v, chunk_size=chunk_size)
+    )
 
 
 def christoffel_contract(

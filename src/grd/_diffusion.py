@@ -209,7 +209,9 @@ def diffusion_spectrum(
         return Spectrum(lam, vecs)
     if method == "lanczos":
         if k is None:
-            raise ValueError("`k` is required for method='lanczos' (the number of top eigenvalues).")
+            raise ValueError(
+                "`k` is required for method='lanczos' (the number of top eigenvalues)."
+            )
         if k > min(n - 1, d):
             raise ValueError(
                 f"`k` must be ≤ min(N − 1, d) = {min(n - 1, d)} for method='lanczos' "

@@ -26,7 +26,16 @@ import jax.numpy as jnp
 from . import _validation as val
 from ._diffusion import _diffusion_matvec, lambda_max
 from ._primitives import per_example_map
-from ._tree import tree_add_scale, tree_norm, tree_ravel, tree_sub, tree_vdot, tree_zeros_like
+from ._tree import (
+    tree_add,
+    tree_add_scale,
+    tree_norm,
+    tree_ravel,
+    tree_scale,
+    tree_sub,
+    tree_vdot,
+    tree_zeros_like,
+)
 
 InverseMethod = Literal["weak_field", "neumann", "cg", "woodbury"]
 
@@ -115,8 +124,25 @@ def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=
     return jax.lax.custom_linear_solve(matvec, b, solve, symmetric=True, has_aux=True)
 
 
+def neumann_inverse(diffusion_matvec, v, eps, num_terms: int, *, first_product=None):
+    """``Σ_{j=0}^{K} (−ε D)^j v`` with ``K = num_terms`` products (converges iff ε λ_max < 1).
+
+    ``first_product`` may pass an already computed ``D v`` (saves one product).
+    """
+    dv = diffusion_matvec(v) if first_product is None else first_product
+    term = tree_scale(-eps, dv)
+
+    def body(_, carry):
+        term, acc = carry
+        term = tree_scale(-eps, diffusion_matvec(term))
+        return term, tree_add(acc, term)
+
+    _, out = jax.lax.fori_loop(1, num_terms, body, (term, tree_add(v, term)))
+    return out
+
+
 def woodbury_inverse(C, v_flat, eps):
-    """``g⁻¹ v = v − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C v`` for a flat ``v`` and the ``(N, d)`` matrix ``C``."""
+    """``g⁻¹ v = v − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C v`` for a flat ``v`` and the ``(N, d)`` ``C``."""
     n = C.shape[0]
     gram = n * jnp.eye(n, dtype=C.dtype) + eps * (C @ C.T)
     chol = jax.scipy.linalg.cho_factor(gram, lower=True)
@@ -148,13 +174,7 @@ def _metric_inverse(
         return tree_add_scale(v, -eps, Dv(v)), InverseInfo(jnp.asarray(1), jnp.asarray(jnp.nan))
     if method == "neumann":
         eps = _check_weak_field(eps, lam_max, "Neumann", estimate)
-
-        def body(_, carry):
-            term, acc = carry
-            term = jax.tree_util.tree_map(lambda t: -eps * t, Dv(term))
-            return term, jax.tree_util.tree_map(jnp.add, acc, term)
-
-        _, out = jax.lax.fori_loop(0, num_terms, body, (v, v))
+        out = neumann_inverse(Dv, v, eps, num_terms)
         return out, InverseInfo(jnp.asarray(num_terms), jnp.asarray(jnp.nan))
     if method == "cg":
         x, steps = conjugate_gradients(
@@ -299,7 +319,9 @@ class DiffusionMetric(eqx.Module):
 
     def apply(self, params, v):
         """``g(w) v = v + ε D(w) v``."""
-        return metric_apply(self.loss_fn, params, self.batch, v, self.eps, chunk_size=self.chunk_size)
+        return metric_apply(
+            self.loss_fn, params, self.batch, v, self.eps, chunk_size=self.chunk_size
+        )
 
     def inverse(self, params, v, method: InverseMethod = "cg", **kwargs):
         """``g(w)⁻¹ v``; see :func:`grd.metric_inverse` for the methods and options."""
@@ -322,5 +344,3 @@ class DiffusionMetric(eqx.Module):
 
         D = diffusion_matrix(self.loss_fn, params, self.batch, chunk_size=self.chunk_size)
         return jnp.eye(D.shape[0], dtype=D.dtype) + self.eps * D
-
-

@@ -25,7 +25,7 @@ import optax
 import optax.tree as otu
 
 from . import _validation as val
-from ._metric import conjugate_gradients, woodbury_inverse
+from ._metric import conjugate_gradients, neumann_inverse, woodbury_inverse
 from ._primitives import centred
 from ._tree import tree_ravel
 
@@ -277,14 +277,7 @@ def scale_by_diffusion_metric(
             out = otu.add_scale(updates, -eps_t, Dg)
             steps = jnp.asarray(1, jnp.int32)
         elif method == "neumann":
-            term = otu.scale(-eps_t, Dg)
-
-            def body(_, carry):
-                term, acc = carry
-                term = otu.scale(-eps_t, Dv(term))
-                return term, otu.add(acc, term)
-
-            _, out = jax.lax.fori_loop(1, num_terms, body, (term, otu.add(updates, term)))
+            out = neumann_inverse(Dv, updates, eps_t, num_terms, first_product=Dg)
             steps = jnp.asarray(num_terms, jnp.int32)
         elif method == "cg":
             out, steps = conjugate_gradients(

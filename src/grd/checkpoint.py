@@ -125,8 +125,20 @@ def run_checkpointed(
     return state
 
 
-def integrate_checkpointed(loss_fn, params0, batch, *, flow: str, t1, path, segments: int = 10,
-                           t0=0.0, v0=None, callback=None, **integrate_kwargs):
+def integrate_checkpointed(
+    loss_fn,
+    params0,
+    batch,
+    *,
+    flow: str,
+    t1,
+    path,
+    segments: int = 10,
+    t0=0.0,
+    v0=None,
+    callback=None,
+    **integrate_kwargs,
+):
     """:func:`grd.integrate` in ``segments`` pieces, checkpointing the diffrax state after each.
 
     The state saved after a segment is the solution ``y`` together with diffrax's solver state,
@@ -158,12 +170,21 @@ def integrate_checkpointed(loss_fn, params0, batch, *, flow: str, t1, path, segm
     saveat = diffrax.SaveAt(t1=True, solver_state=True, controller_state=True, made_jump=True)
 
     def segment(y, i, states):
-        w, v = (y if flow in SECOND_ORDER else (y, None))
+        w, v = y if flow in SECOND_ORDER else (y, None)
         kw = dict(integrate_kwargs)
         if states is not None:
             kw.update(solver_state=states[0], controller_state=states[1], made_jump=states[2])
-        sol = integrate(loss_fn, w, batch, flow=flow, t0=edges[i], t1=edges[i + 1],
-                        v0=v if flow in SECOND_ORDER else None, saveat=saveat, **kw)
+        sol = integrate(
+            loss_fn,
+            w,
+            batch,
+            flow=flow,
+            t0=edges[i],
+            t1=edges[i + 1],
+            v0=v if flow in SECOND_ORDER else None,
+            saveat=saveat,
+            **kw,
+        )
         y = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         return y, (sol.solver_state, sol.controller_state, sol.made_jump)
 
