@@ -71,6 +71,12 @@ def same_structure(v, params, *, name: str = "v") -> None:
                 f"`{name}` leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(a)}; "
                 f"the matching leaf of `params` has shape {jnp.shape(b)}."
             )
+        if not isinstance(a, int | float) and jnp.result_type(a) != jnp.result_type(b):
+            raise TypeError(
+                f"`{name}` leaf {jax.tree_util.keystr(path)} has dtype {jnp.result_type(a)}; "
+                f"the matching leaf of `params` has dtype {jnp.result_type(b)}. Cast `{name}` "
+                "to the dtype of `params` (mixed float32/float64 is rejected, not promoted)."
+            )
 
 
 def floating_params(params, *, name: str = "params") -> None:
@@ -98,10 +104,19 @@ def scalar_loss(loss_fn, params, batch) -> None:
             f"`loss_fn(params, example)` must return a scalar per example; got shape {shape}. "
             "Reduce it (e.g. with .sum() or .mean()) inside loss_fn."
         )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"`loss_fn(params, example)` must return a floating-point scalar; got dtype "
+            f"{out.dtype}. Compute the loss in floating point (it is differentiated)."
+        )
 
 
 def check_eps(eps):
     """Return ``eps`` after checking ε ≥ 0 and finite (eagerly, or in-graph when traced)."""
+    if isinstance(eps, complex) or not jnp.issubdtype(jnp.result_type(eps), jnp.number) or (
+        jnp.issubdtype(jnp.result_type(eps), jnp.complexfloating)
+    ):
+        raise TypeError(f"`eps` must be a real number; got {eps!r}.")
     if isinstance(eps, int | float):
         if not eps >= 0 or eps != eps or eps == float("inf"):
             raise ValueError(f"`eps` must be a finite number ≥ 0; got {eps}.")
