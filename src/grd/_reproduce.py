@@ -769,7 +769,7 @@ def _section_limit_cycles(run: _Run):
     ax1.legend(fontsize=8)
     ax2.plot(lags[1:], acf_r[1:], "o-", ms=3, label="SGD increments")
     ax2.plot(lags[1:], acf_s[1:], "x-", ms=3, color="C3", label="surrogate")
-    ax2.axhspan(-band, band, color="0.85", label="95 % white-noise band")
+    ax2.axhspan(-band, band, color="0.85", label="95 % band, one white-noise series")
     ax2.set(xlabel="lag (steps)", ylabel="autocorrelation (mean over weights)",
             title="Autocorrelation of increments")
     ax2.legend(fontsize=8)

@@ -157,7 +157,8 @@ def _add_bench(sub) -> None:
             "Run each benchmarks/bench_*.py script in a subprocess (with --quick when the "
             "script supports it, unless --full) and print its output. Benchmarks are looked "
             "for in --dir, else ./benchmarks, else the benchmarks/ directory of the grd "
-            "source checkout."
+            "source checkout. The scripts write their own results files (benchmarks/results/), "
+            "so a --quick run replaces the full results there: commit those only from full runs."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -262,14 +263,13 @@ def _cmd_bench(args) -> int:
         quick = not args.full and "--quick" in script.read_text(encoding="utf-8")
         cmd = [sys.executable, str(script), *(["--quick"] if quick else [])]
         print(f"=== {script.name}{' --quick' if quick else ''}", flush=True)
-        try:
+        try:  # the script's tables stream straight to our stdout; stderr is kept for errors
             proc = subprocess.run(cmd, cwd=root.parent, timeout=args.timeout,
-                                  capture_output=True, text=True)
+                                  stderr=subprocess.PIPE, text=True)
         except subprocess.TimeoutExpired:
             print(f"grd bench: {script.name} timed out after {args.timeout:g} s", file=sys.stderr)
             failed.append(script.name)
             continue
-        sys.stdout.write(proc.stdout)
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
             print(f"grd bench: {script.name} failed (exit {proc.returncode}): {tail[0]}",
