@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grd import _reproduce as rp
-from grd import report
+from grd import _reproduce as rp, report
 from grd.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,7 +32,10 @@ def _env():
 def _run_cli(*args, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "grd.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
     )
 
 
@@ -53,10 +55,19 @@ def _rendered_image_status(html_path: Path, tmp_path: Path):
     """Open ``html_path`` in headless Chromium; return (body figure count, [img data-loaded])."""
     profile = tmp_path / f"chromium-profile-{html_path.stem}"
     cmd = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-        "--dump-dom", html_path.resolve().as_uri(),
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        html_path.resolve().as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,8 +127,16 @@ def test_reproduce_tiny_metrics_are_complete_and_finite(tiny_report):
     out, proc, _ = tiny_report
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("config", "versions", "devices", "x64", "runtime_seconds", "sections",
-                "training", *rp.SECTIONS):
+    for key in (
+        "config",
+        "versions",
+        "devices",
+        "x64",
+        "runtime_seconds",
+        "sections",
+        "training",
+        *rp.SECTIONS,
+    ):
         assert key in metrics, key
     assert metrics["sections"] == ["training", *rp.SECTIONS]
     numbers = list(_numbers(metrics))
@@ -134,14 +153,17 @@ def test_reproduce_tiny_metrics_are_complete_and_finite(tiny_report):
         assert 1 <= ck["rank_relative"] <= min(n - 1, train["d"])
         assert ck["trace_D"] == pytest.approx(ck["trace_from_eigenvalues"], rel=1e-3)
         assert ck["noise_scale_B_simple"] == pytest.approx(
-            ck["trace_D"] / ck["mean_grad_sq_norm"], rel=1e-6)
+            ck["trace_D"] / ck["mean_grad_sq_norm"], rel=1e-6
+        )
     # every table number in the Markdown report comes from metrics.json
     md = (out / "report.md").read_text()
     assert f"{train['d']}" in md
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install -y "
-                    "chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium absent (apt-get install -y chromium; .ci/run installs it)",
+)
 def test_report_renders_every_figure_in_chromium(tiny_report, tmp_path):
     out, proc, _ = tiny_report
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -229,8 +251,17 @@ def test_bad_argument_in_a_real_process_has_no_traceback():
 def test_help_explains_every_option():
     proc = _run_cli("reproduce", "--help")
     assert proc.returncode == 0
-    for opt in ("--out", "--force", "--sections", "--width", "--n-train", "--eps", "--seed",
-                "--float64", "--tiny"):
+    for opt in (
+        "--out",
+        "--force",
+        "--sections",
+        "--width",
+        "--n-train",
+        "--eps",
+        "--seed",
+        "--float64",
+        "--tiny",
+    ):
         assert opt in proc.stdout
     for section in rp.SECTIONS:
         assert section in proc.stdout
@@ -251,7 +282,8 @@ def test_bench_runs_scripts_and_passes_quick(tmp_path):
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     (bench / "bench_a.py").write_text(
-        "import sys\nquick = '--quick' in sys.argv\nprint(f'| a | quick={quick} |')\n")
+        "import sys\nquick = '--quick' in sys.argv\nprint(f'| a | quick={quick} |')\n"
+    )
     (bench / "bench_b.py").write_text("print('| b | 1.0 |')\n")
     (bench / "bench_fail.py").write_text("import sys\nsys.exit('boom')\n")
     proc = _run_cli("bench", "--dir", str(bench), "-k", "bench_a")
@@ -314,9 +346,21 @@ def test_killed_run_leaves_no_complete_looking_directory(tmp_path):
     """SIGKILL during training (no cleanup possible): the target never appears."""
     out = tmp_path / "report"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "grd.cli", "reproduce", "--tiny", "--steps", "100000",
-         "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "grd.cli",
+            "reproduce",
+            "--tiny",
+            "--steps",
+            "100000",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        start_new_session=True,
     )
     try:
         buf = b""

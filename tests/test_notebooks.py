@@ -49,8 +49,9 @@ def test_notebook_executes(path: Path, monkeypatch):
         )
     monkeypatch.setenv("GRD_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS",
-                                                   "--xla_cpu_multi_thread_eigen=false"))
+    monkeypatch.setenv(
+        "XLA_FLAGS", os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    )
     nb = nbformat.read(path, as_version=4)
     assert any(c.cell_type == "code" for c in nb.cells), f"{path.name} has no code cell"
     client = nbclient.NotebookClient(
@@ -68,7 +69,12 @@ def test_notebook_executes(path: Path, monkeypatch):
     except nbclient.exceptions.CellExecutionError as e:
         pytest.fail(f"{path.name} raised in a cell:\n{str(e)[-3000:]}")
     elapsed = time.perf_counter() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors, errors[:1]
     assert elapsed < NOTEBOOK_TIMEOUT

@@ -76,9 +76,20 @@ class ReproduceConfig:
     @classmethod
     def tiny(cls, **overrides) -> ReproduceConfig:
         """A setting that runs in seconds (for tests and smoke checks)."""
-        base = dict(width=8, n_train=96, steps=200, batch_size=16, record_every=5,
-                    checkpoints=(0.0, 0.5, 1.0), vmf_draws=16, flow_examples=32, flow_t1=1.0,
-                    flow_points=4, cycle_steps=128, dmap_k=3)
+        base = dict(
+            width=8,
+            n_train=96,
+            steps=200,
+            batch_size=16,
+            record_every=5,
+            checkpoints=(0.0, 0.5, 1.0),
+            vmf_draws=16,
+            flow_examples=32,
+            flow_t1=1.0,
+            flow_points=4,
+            cycle_steps=128,
+            dmap_k=3,
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -89,8 +100,16 @@ class ReproduceConfig:
             raise ValueError(
                 f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}."
             )
-        for name in ("width", "n_train", "steps", "batch_size", "record_every", "flow_examples",
-                     "flow_points", "dmap_k"):
+        for name in (
+            "width",
+            "n_train",
+            "steps",
+            "batch_size",
+            "record_every",
+            "flow_examples",
+            "flow_points",
+            "dmap_k",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
         if self.n_train < 4:
@@ -188,10 +207,15 @@ class _Run:
             params = self.final_params
             keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), cfg.cycle_steps)
             size = 256
-            with TrajectoryRecorder(store, every=1, chunk=size) as rec, _tqdm(
-                total=cfg.cycle_steps, desc="constant-step SGD run", unit="step",
-                disable=not self.progress,
-            ) as bar:
+            with (
+                TrajectoryRecorder(store, every=1, chunk=size) as rec,
+                _tqdm(
+                    total=cfg.cycle_steps,
+                    desc="constant-step SGD run",
+                    unit="step",
+                    disable=not self.progress,
+                ) as bar,
+            ):
                 rec.record(0, params)
                 for i in range(0, cfg.cycle_steps, size):
                     params, ws = block(params, keys[i : i + size])
@@ -200,8 +224,10 @@ class _Run:
                     bar.update(ws.shape[0])
             traj = load_trajectory(store).as_array()
             if traj.shape[0] != cfg.cycle_steps + 1:
-                raise RuntimeError(f"the recorder returned {traj.shape[0]} snapshots; expected "
-                                   f"{cfg.cycle_steps + 1}.")
+                raise RuntimeError(
+                    f"the recorder returned {traj.shape[0]} snapshots; expected "
+                    f"{cfg.cycle_steps + 1}."
+                )
             if not np.all(np.isfinite(traj)):
                 raise FloatingPointError("the constant-step SGD run diverged; lower --lr.")
             self._cycle = traj
@@ -300,8 +326,10 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
             flow_start.append((chunk / n_chunks, step, params))
 
     keys = jax.random.split(key_sgd, n_chunks)
-    with recorder, _tqdm(total=cfg.steps, desc="SGD training", unit="step",
-                         disable=not progress) as bar:
+    with (
+        recorder,
+        _tqdm(total=cfg.steps, desc="SGD training", unit="step", disable=not progress) as bar,
+    ):
         record(0, params)
         for c in range(1, n_chunks + 1):
             params = run_chunk(params, keys[c - 1])
@@ -315,11 +343,23 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
                 f"SGD diverged ({name} is not finite); lower the learning rate (--lr)."
             )
     return _Run(
-        cfg=cfg, dtype=dtype, train=train, test=test, model=model, loss_fn=loss_fn, d=d,
-        unravel=unravel, history={k: np.asarray(v) for k, v in history.items()},
-        snapshots=trajectory.as_array(), snapshot_steps=np.asarray(trajectory.steps),
-        checkpoints=checkpoints, flow_start=flow_start[0], final_params=params,
-        sgd_step=sgd_step, progress=progress, workdir=workdir,
+        cfg=cfg,
+        dtype=dtype,
+        train=train,
+        test=test,
+        model=model,
+        loss_fn=loss_fn,
+        d=d,
+        unravel=unravel,
+        history={k: np.asarray(v) for k, v in history.items()},
+        snapshots=trajectory.as_array(),
+        snapshot_steps=np.asarray(trajectory.steps),
+        checkpoints=checkpoints,
+        flow_start=flow_start[0],
+        final_params=params,
+        sgd_step=sgd_step,
+        progress=progress,
+        workdir=workdir,
     )
 
 
@@ -373,8 +413,10 @@ def _section_training(run: _Run):
             ["parameters d", str(run.d)],
             ["hidden width", str(cfg.width)],
             ["SGD steps × batch", f"{cfg.steps} × {cfg.batch_size}"],
-            ["learning rate η; temperature η/(2b)",
-             f"{_fmt(cfg.lr)}; {_fmt(metrics['temperature'])}"],
+            [
+                "learning rate η; temperature η/(2b)",
+                f"{_fmt(cfg.lr)}; {_fmt(metrics['temperature'])}",
+            ],
             ["final training loss", _fmt(metrics["final_train_loss"], 4)],
             ["final test accuracy", _fmt(metrics["final_test_accuracy"], 4)],
         ],
@@ -441,11 +483,19 @@ def _section_spectrum(run: _Run):
             "noise_scale_B_simple": tr / g2,
         }
         per_ck.append(m)
-        rows.append([
-            f"{100 * frac:.0f} % (step {step})", _fmt(m["lambda_max"]), str(r_rel), str(r_abs),
-            f"{100 * m['rank_over_d']:.2f} %", f"{_fmt(m['eigenvalue_mean'])} ± "
-            f"{_fmt(m['eigenvalue_std'])}", _fmt(tr), _fmt(g2), _fmt(m["noise_scale_B_simple"]),
-        ])
+        rows.append(
+            [
+                f"{100 * frac:.0f} % (step {step})",
+                _fmt(m["lambda_max"]),
+                str(r_rel),
+                str(r_abs),
+                f"{100 * m['rank_over_d']:.2f} %",
+                f"{_fmt(m['eigenvalue_mean'])} ± {_fmt(m['eigenvalue_std'])}",
+                _fmt(tr),
+                _fmt(g2),
+                _fmt(m["noise_scale_B_simple"]),
+            ]
+        )
 
     cmap = plt.get_cmap("viridis")
     colors = [cmap(i / max(len(per_ck) - 1, 1)) for i in range(len(per_ck))]
@@ -465,7 +515,8 @@ def _section_spectrum(run: _Run):
     ax1.legend(title="training", fontsize=8)
     fig.tight_layout()
     fig_spec = Figure(
-        "spectrum", "Eigenvalues of the diffusion matrix D at the checkpoints (log-log).",
+        "spectrum",
+        "Eigenvalues of the diffusion matrix D at the checkpoints (log-log).",
         figure_png(fig),
     )
 
@@ -499,12 +550,23 @@ def _section_spectrum(run: _Run):
             "B_simple = tr D / |ḡ|² (McCandlish et al.) is the batch size above which larger "
             "batches stop reducing the number of steps much; compare it with the batch size b.",
         ],
-        [Table(
-            "Spectrum, rank and noise scale at the checkpoints",
-            ["checkpoint", "λ_max", "rank (rel.)", "rank (abs.)", "rank/d", "mean ± std λ",
-             "tr D", "|ḡ|²", "B_simple"],
-            rows,
-        )],
+        [
+            Table(
+                "Spectrum, rank and noise scale at the checkpoints",
+                [
+                    "checkpoint",
+                    "λ_max",
+                    "rank (rel.)",
+                    "rank (abs.)",
+                    "rank/d",
+                    "mean ± std λ",
+                    "tr D",
+                    "|ḡ|²",
+                    "B_simple",
+                ],
+                rows,
+            )
+        ],
         [fig_spec, fig_noise],
     )
     return section, {"rank_atol": cfg.rank_atol, "checkpoints": per_ck}
@@ -527,13 +589,18 @@ def _section_directional(run: _Run):
     n, b, p = cfg.vmf_draws, cfg.batch_size, run.d
     baseline = float(uniform_concentration_baseline(p, n))
     per_ck, rows = [], []
-    for i, (frac, step, params) in enumerate(_tqdm(
-        iterable=run.checkpoints, desc="vMF concentration", unit="ckpt",
-        disable=not run.progress,
-    )):
+    for i, (frac, step, params) in enumerate(
+        _tqdm(
+            iterable=run.checkpoints,
+            desc="vMF concentration",
+            unit="ckpt",
+            disable=not run.progress,
+        )
+    ):
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 2), i)
-        grads = minibatch_gradients(run.loss_fn, params, run.train, key, n=n, batch_size=b,
-                                    replace=True)
+        grads = minibatch_gradients(
+            run.loss_fn, params, run.train, key, n=n, batch_size=b, replace=True
+        )
         m = {
             "fraction": frac,
             "step": step,
@@ -544,9 +611,16 @@ def _section_directional(run: _Run):
         }
         m["kappa_over_baseline"] = m["kappa_mle"] / baseline
         per_ck.append(m)
-        rows.append([f"{100 * frac:.0f} % (step {step})", _fmt(m["kappa_mle"]),
-                     _fmt(m["kappa_banerjee"]), _fmt(m["kappa_over_baseline"]),
-                     _fmt(m["gradient_norm_stochasticity"]), _fmt(m["gradient_stochasticity"])])
+        rows.append(
+            [
+                f"{100 * frac:.0f} % (step {step})",
+                _fmt(m["kappa_mle"]),
+                _fmt(m["kappa_banerjee"]),
+                _fmt(m["kappa_over_baseline"]),
+                _fmt(m["gradient_norm_stochasticity"]),
+                _fmt(m["gradient_stochasticity"]),
+            ]
+        )
     steps = [m["step"] for m in per_ck]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.semilogy(steps, [m["kappa_mle"] for m in per_ck], "o-", label="κ (MLE)")
@@ -554,10 +628,18 @@ def _section_directional(run: _Run):
     ax1.axhline(baseline, color="0.4", ls=":", label=f"uniform baseline p/√n ≈ {baseline:.0f}")
     ax1.set(xlabel="SGD step", ylabel="κ", title=f"vMF concentration of {n} minibatch gradients")
     ax1.legend(fontsize=8)
-    ax2.plot(steps, [m["gradient_norm_stochasticity"] for m in per_ck], "o-",
-             label="norm stochasticity (CV of |ĝ_i|)")
-    ax2.plot(steps, [m["gradient_stochasticity"] for m in per_ck], "s-",
-             label="gradient stochasticity |std|/|mean|")
+    ax2.plot(
+        steps,
+        [m["gradient_norm_stochasticity"] for m in per_ck],
+        "o-",
+        label="norm stochasticity (CV of |ĝ_i|)",
+    )
+    ax2.plot(
+        steps,
+        [m["gradient_stochasticity"] for m in per_ck],
+        "s-",
+        label="gradient stochasticity |std|/|mean|",
+    )
     ax2.set_yscale("log")
     ax2.set(xlabel="SGD step", title="Gradient stochasticity")
     ax2.legend(fontsize=8)
@@ -573,14 +655,36 @@ def _section_directional(run: _Run):
             f"directions give κ ≈ p/√n = {baseline:.1f}, not 0: κ is only meaningful against "
             "that baseline, with n held fixed across checkpoints.",
         ],
-        [Table("Concentration and stochasticity at the checkpoints",
-               ["checkpoint", "κ (MLE)", "κ (Banerjee)", "κ / baseline", "norm stoch.",
-                "grad. stoch."], rows)],
-        [Figure("directional", "vMF concentration κ of minibatch-gradient directions against "
-                "the uniform baseline, and gradient stochasticity.", figure_png(fig))],
+        [
+            Table(
+                "Concentration and stochasticity at the checkpoints",
+                [
+                    "checkpoint",
+                    "κ (MLE)",
+                    "κ (Banerjee)",
+                    "κ / baseline",
+                    "norm stoch.",
+                    "grad. stoch.",
+                ],
+                rows,
+            )
+        ],
+        [
+            Figure(
+                "directional",
+                "vMF concentration κ of minibatch-gradient directions against "
+                "the uniform baseline, and gradient stochasticity.",
+                figure_png(fig),
+            )
+        ],
     )
-    return section, {"n_draws": n, "batch_size": b, "p": p, "uniform_baseline": baseline,
-                     "checkpoints": per_ck}
+    return section, {
+        "n_draws": n,
+        "batch_size": b,
+        "p": p,
+        "uniform_baseline": baseline,
+        "checkpoints": per_ck,
+    }
 
 
 def _section_flows(run: _Run):
@@ -590,9 +694,7 @@ def _section_flows(run: _Run):
     import matplotlib.pyplot as plt
     from jax.flatten_util import ravel_pytree
 
-    from . import lambda_max
-    from ._flows import integrate
-    from ._residual import compare_flows
+    from . import compare_flows, integrate, lambda_max
     from .report import Figure, Section, Table, figure_png
 
     cfg = run.cfg
@@ -607,8 +709,9 @@ def _section_flows(run: _Run):
 
     @jax.jit
     def gd_path(w0, batch):
-        sol = integrate(run.loss_fn, w0, batch, flow="gd", t1=cfg.flow_t1,
-                        saveat=diffrax.SaveAt(ts=ts_j))
+        sol = integrate(
+            run.loss_fn, w0, batch, flow="gd", t1=cfg.flow_t1, saveat=diffrax.SaveAt(ts=ts_j)
+        )
         return jax.vmap(mean_loss, in_axes=(0, None))(sol.ys, batch), flatten(sol.ys)
 
     @jax.jit
@@ -616,20 +719,21 @@ def _section_flows(run: _Run):
         # one compilation for every ε (ε is traced; so is ts: compare_flows reads t1 = ts[-1]
         # eagerly unless ts is a tracer)
         cmp = compare_flows(run.loss_fn, w0, batch, eps=eps, ts=ts)
-        sol_ngd = integrate(run.loss_fn, w0, batch, flow="ngd", t1=ts[-1], eps=eps,
-                            saveat=diffrax.SaveAt(ts=ts))
+        sol_ngd = integrate(
+            run.loss_fn, w0, batch, flow="ngd", t1=ts[-1], eps=eps, saveat=diffrax.SaveAt(ts=ts)
+        )
         return cmp, flatten(sol_ngd.ys)
 
-    bar = _tqdm(total=1 + len(cfg.eps), desc="GRD / NGD / GD flows", unit="flow",
-                disable=not run.progress)
+    bar = _tqdm(
+        total=1 + len(cfg.eps), desc="GRD / NGD / GD flows", unit="flow", disable=not run.progress
+    )
     with bar:
         loss_gd, flat_gd = jax.device_get(gd_path(w0, batch))
         bar.update(1)
         per_eps = []
         for c in cfg.eps:
             eps = c / lam0
-            cmp, flat_ngd = jax.device_get(grd_vs_ngd(w0, batch, jnp.asarray(eps, run.dtype),
-                                                          ts_j))
+            cmp, flat_ngd = jax.device_get(grd_vs_ngd(w0, batch, jnp.asarray(eps, run.dtype), ts_j))
             m = {
                 "eps_times_lambda_max": c,
                 "eps": eps,
@@ -648,16 +752,25 @@ def _section_flows(run: _Run):
     path_len = float(np.linalg.norm(flat_gd[-1] - np.asarray(ravel_pytree(w0)[0])))
     cs = np.array([m["eps_times_lambda_max"] for m in per_eps])
     dist_t1 = np.array([m["distance_grd_ngd_t1"] for m in per_eps])
-    slope = (float(np.polyfit(np.log(cs), np.log(dist_t1), 1)[0])
-             if len(cs) >= 2 and np.all(dist_t1 > 0) else None)
+    slope = (
+        float(np.polyfit(np.log(cs), np.log(dist_t1), 1)[0])
+        if len(cs) >= 2 and np.all(dist_t1 > 0)
+        else None
+    )
 
     cmap = plt.get_cmap("plasma")
     colors = [cmap(0.15 + 0.7 * i / max(len(per_eps) - 1, 1)) for i in range(len(per_eps))]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.6))
     ax = axes[0, 0]
     for m, col in zip(per_eps, colors, strict=True):
-        ax.semilogy(ts, np.maximum(m["distance_grd_ngd"], 1e-30), "o-", ms=3, color=col,
-                    label=f"ε·λ_max = {_fmt(m['eps_times_lambda_max'])}")
+        ax.semilogy(
+            ts,
+            np.maximum(m["distance_grd_ngd"], 1e-30),
+            "o-",
+            ms=3,
+            color=col,
+            label=f"ε·λ_max = {_fmt(m['eps_times_lambda_max'])}",
+        )
     ax.set(xlabel="t", ylabel="‖w_GRD(t) − w_NGD(t)‖", title="GRD against its NGD limit")
     ax.legend(fontsize=8)
     ax = axes[0, 1]
@@ -669,8 +782,9 @@ def _section_flows(run: _Run):
     for m, col in zip(per_eps, colors, strict=True):
         ax.plot(ts, m["loss_ngd"], "-", color=col, label=f"NGD {_fmt(m['eps_times_lambda_max'])}")
         ax.plot(ts, m["loss_grd"], ":", color=col, lw=2)
-    ax.set(xlabel="t", ylabel="mean loss",
-           title="Loss along GD (dashed), NGD (solid), GRD (dotted)")
+    ax.set(
+        xlabel="t", ylabel="mean loss", title="Loss along GD (dashed), NGD (solid), GRD (dotted)"
+    )
     ax.legend(fontsize=7)
     ax = axes[1, 1]
     ax.loglog(cs, dist_t1, "o-", label="‖w_GRD − w_NGD‖ at t1")
@@ -679,9 +793,18 @@ def _section_flows(run: _Run):
     ax.legend(fontsize=8)
     fig.tight_layout()
 
-    rows = [[_fmt(m["eps_times_lambda_max"]), _fmt(m["eps"]), _fmt(m["distance_grd_ngd_t1"]),
-             _fmt(m["distance_ngd_gd_t1"]), _fmt(m["max_residual_norm"]),
-             _fmt(m["loss_grd"][-1], 4), _fmt(m["loss_ngd"][-1], 4)] for m in per_eps]
+    rows = [
+        [
+            _fmt(m["eps_times_lambda_max"]),
+            _fmt(m["eps"]),
+            _fmt(m["distance_grd_ngd_t1"]),
+            _fmt(m["distance_ngd_gd_t1"]),
+            _fmt(m["max_residual_norm"]),
+            _fmt(m["loss_grd"][-1], 4),
+            _fmt(m["loss_ngd"][-1], 4),
+        ]
+        for m in per_eps
+    ]
     paragraphs = [
         f"From the checkpoint at {100 * frac:.0f} % of training (step {step}), on the first "
         f"{cfg.flow_examples} training examples, GD (ẇ = −∇f), NGD (ẇ = −g⁻¹∇f, g = I + εD, exact "
@@ -693,18 +816,41 @@ def _section_flows(run: _Run):
         "the measured distance between the paths and |R| along GRD say how far that holds.",
     ]
     if slope is not None:
-        paragraphs.append(f"Log-log slope of the GRD–NGD distance at t1 against ε: {slope:.2f} "
-                          "(1 = the gap grows linearly with ε, the first-order prediction).")
+        paragraphs.append(
+            f"Log-log slope of the GRD–NGD distance at t1 against ε: {slope:.2f} "
+            "(1 = the gap grows linearly with ε, the first-order prediction)."
+        )
     section = Section(
-        "flows", "Geodesic flows: GRD, NGD and GD", paragraphs,
-        [Table("Flows at t1 for each ε", ["ε·λ_max", "ε", "‖GRD − NGD‖", "‖NGD − GD‖",
-                                          "max |R|", "loss GRD", "loss NGD"], rows)],
-        [Figure("flows", "Distance between GRD and NGD, the residual |R|, the losses along "
-                "each flow, and the distances at t1 against ε.", figure_png(fig))],
+        "flows",
+        "Geodesic flows: GRD, NGD and GD",
+        paragraphs,
+        [
+            Table(
+                "Flows at t1 for each ε",
+                ["ε·λ_max", "ε", "‖GRD − NGD‖", "‖NGD − GD‖", "max |R|", "loss GRD", "loss NGD"],
+                rows,
+            )
+        ],
+        [
+            Figure(
+                "flows",
+                "Distance between GRD and NGD, the residual |R|, the losses along "
+                "each flow, and the distances at t1 against ε.",
+                figure_png(fig),
+            )
+        ],
     )
-    metrics = {"start_fraction": frac, "start_step": step, "n_examples": cfg.flow_examples,
-               "t1": cfg.flow_t1, "ts": ts, "lambda_max_start": lam0, "loss_gd": loss_gd,
-               "gd_path_length": path_len, "per_eps": per_eps}
+    metrics = {
+        "start_fraction": frac,
+        "start_step": step,
+        "n_examples": cfg.flow_examples,
+        "t1": cfg.flow_t1,
+        "ts": ts,
+        "lambda_max_start": lam0,
+        "loss_gd": loss_gd,
+        "gd_path_length": path_len,
+        "per_eps": per_eps,
+    }
     if slope is not None:
         metrics["distance_vs_eps_loglog_slope"] = slope
     return section, metrics
@@ -724,8 +870,7 @@ def _section_limit_cycles(run: _Run):
     moving = np.std(np.diff(full, axis=0), axis=0) > 0
     traj = full[:, moving]
     n_blank = int(np.sum(np.max(np.asarray(run.train["x"]), axis=0) == 0))
-    with _tqdm(total=3, desc="limit-cycle analysis", unit="step",
-               disable=not run.progress) as bar:
+    with _tqdm(total=3, desc="limit-cycle analysis", unit="step", disable=not run.progress) as bar:
         surrogate = np.asarray(shuffled_surrogate(traj, jax.random.PRNGKey(cfg.seed + 3)))
         bar.update(1)
         real = increment_spectrum(traj)
@@ -749,33 +894,46 @@ def _section_limit_cycles(run: _Run):
         "steps": cfg.cycle_steps,
         "moving_weights": int(moving.sum()),
         "frequencies": freqs,
-        "amplitude_mean": mean_r, "amplitude_std": std_r,
-        "surrogate_amplitude_mean": mean_s, "surrogate_amplitude_std": std_s,
+        "amplitude_mean": mean_r,
+        "amplitude_std": std_r,
+        "surrogate_amplitude_mean": mean_s,
+        "surrogate_amplitude_std": std_s,
         "max_ratio_to_surrogate": float(ratio.max()),
         "frequency_of_max_ratio": float(freqs[int(np.argmax(ratio))]),
         "low_over_high_amplitude": float(mean_r[low].mean() / mean_r[high].mean()),
         "surrogate_low_over_high_amplitude": float(mean_s[low].mean() / mean_s[high].mean()),
-        "acf_lags": lags, "acf_mean_over_weights": acf_r,
-        "surrogate_acf_mean_over_weights": acf_s, "acf_band_95": band,
-        "lag1_acf": float(acf_r[1]), "surrogate_lag1_acf": float(acf_s[1]),
+        "acf_lags": lags,
+        "acf_mean_over_weights": acf_r,
+        "surrogate_acf_mean_over_weights": acf_s,
+        "acf_band_95": band,
+        "lag1_acf": float(acf_r[1]),
+        "surrogate_lag1_acf": float(acf_s[1]),
     }
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.loglog(freqs, mean_r, color="C0", label="SGD increments")
-    ax1.fill_between(freqs, np.maximum(mean_r - std_r, mean_r * 0.05), mean_r + std_r,
-                     color="C0", alpha=0.2)
+    ax1.fill_between(
+        freqs, np.maximum(mean_r - std_r, mean_r * 0.05), mean_r + std_r, color="C0", alpha=0.2
+    )
     ax1.loglog(freqs, mean_s, color="C3", lw=1, label="time-shuffled surrogate")
-    ax1.set(xlabel="frequency (cycles / step)", ylabel="|FFT| of w_{k+1} − w_k",
-            title="Increment spectrum (mean ± std over weights)")
+    ax1.set(
+        xlabel="frequency (cycles / step)",
+        ylabel="|FFT| of w_{k+1} − w_k",
+        title="Increment spectrum (mean ± std over weights)",
+    )
     ax1.legend(fontsize=8)
     ax2.plot(lags[1:], acf_r[1:], "o-", ms=3, label="SGD increments")
     ax2.plot(lags[1:], acf_s[1:], "x-", ms=3, color="C3", label="surrogate")
     ax2.axhspan(-band, band, color="0.85", label="95 % band, one white-noise series")
-    ax2.set(xlabel="lag (steps)", ylabel="autocorrelation (mean over weights)",
-            title="Autocorrelation of increments")
+    ax2.set(
+        xlabel="lag (steps)",
+        ylabel="autocorrelation (mean over weights)",
+        title="Autocorrelation of increments",
+    )
     ax2.legend(fontsize=8)
     fig.tight_layout()
     section = Section(
-        "limit_cycles", "Limit cycles: increments of a long constant-step SGD run",
+        "limit_cycles",
+        "Limit cycles: increments of a long constant-step SGD run",
         [
             f"After training, SGD continues for {cfg.cycle_steps} steps at the same learning "
             f"rate, recording every step. The {run.d - int(moving.sum())} weights whose "
@@ -794,15 +952,37 @@ def _section_limit_cycles(run: _Run):
             f"{metrics['lag1_acf']:.3f} (surrogate {metrics['surrogate_lag1_acf']:.3f}, band "
             f"±{band:.3f}).",
         ],
-        [Table("Increment statistics", ["quantity", "SGD", "surrogate"], [
-            ["low/high-frequency amplitude", _fmt(metrics["low_over_high_amplitude"]),
-             _fmt(metrics["surrogate_low_over_high_amplitude"])],
-            ["lag-1 autocorrelation", _fmt(metrics["lag1_acf"]),
-             _fmt(metrics["surrogate_lag1_acf"])],
-            ["max amplitude ratio (SGD/surrogate)", _fmt(metrics["max_ratio_to_surrogate"]), "1"],
-        ])],
-        [Figure("limit_cycles", "FFT of per-weight increments and their autocorrelation, "
-                "against a time-shuffled surrogate.", figure_png(fig))],
+        [
+            Table(
+                "Increment statistics",
+                ["quantity", "SGD", "surrogate"],
+                [
+                    [
+                        "low/high-frequency amplitude",
+                        _fmt(metrics["low_over_high_amplitude"]),
+                        _fmt(metrics["surrogate_low_over_high_amplitude"]),
+                    ],
+                    [
+                        "lag-1 autocorrelation",
+                        _fmt(metrics["lag1_acf"]),
+                        _fmt(metrics["surrogate_lag1_acf"]),
+                    ],
+                    [
+                        "max amplitude ratio (SGD/surrogate)",
+                        _fmt(metrics["max_ratio_to_surrogate"]),
+                        "1",
+                    ],
+                ],
+            )
+        ],
+        [
+            Figure(
+                "limit_cycles",
+                "FFT of per-weight increments and their autocorrelation, "
+                "against a time-shuffled surrogate.",
+                figure_png(fig),
+            )
+        ],
     )
     return section, metrics
 
@@ -820,8 +1000,9 @@ def _section_diffusion_map(run: _Run):
         stride = max(1, traj.shape[0] // 400)
         sets["continuation"] = (traj[::stride], np.arange(0, traj.shape[0], stride))
     results = {}
-    for name, (pts, steps) in _tqdm(iterable=list(sets.items()), desc="diffusion maps",
-                                    unit="set", disable=not run.progress):
+    for name, (pts, steps) in _tqdm(
+        iterable=list(sets.items()), desc="diffusion maps", unit="set", disable=not run.progress
+    ):
         pts = np.asarray(pts, dtype=np.float64)
         k = min(cfg.dmap_k, pts.shape[0] - 1)
         dm = diffusion_map(pts, k=k)
@@ -840,23 +1021,40 @@ def _section_diffusion_map(run: _Run):
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(4.2 * (len(results) + 1), 3.6))
     for ax, (name, r) in zip(axes, results.items(), strict=False):
         c = r["coordinates"]
-        sc = ax.scatter(c[:, 0], c[:, 1] if c.shape[1] > 1 else np.zeros(len(c)),
-                        c=r["steps"], s=8, cmap="viridis")
+        sc = ax.scatter(
+            c[:, 0],
+            c[:, 1] if c.shape[1] > 1 else np.zeros(len(c)),
+            c=r["steps"],
+            s=8,
+            cmap="viridis",
+        )
         fig.colorbar(sc, ax=ax, label="step")
         ax.set(xlabel="λ₁ψ₁", ylabel="λ₂ψ₂", title=f"{name} trajectory ({r['n_points']} points)")
     ax = axes[-1]
     for name, r in results.items():
-        ax.semilogx(r["eps_grid"], 2 * r["slope"], label=f"{name}: dim ≈ "
-                    f"{r['intrinsic_dimension']:.2f}")
+        ax.semilogx(
+            r["eps_grid"], 2 * r["slope"], label=f"{name}: dim ≈ {r['intrinsic_dimension']:.2f}"
+        )
         ax.axvline(r["eps_star"], color="0.6", lw=0.8, ls=":")
-    ax.set(xlabel="bandwidth ε", ylabel="2 · d log Σ K_ij / d log ε",
-           title="Intrinsic dimension (bandwidth sweep)")
+    ax.set(
+        xlabel="bandwidth ε",
+        ylabel="2 · d log Σ K_ij / d log ε",
+        title="Intrinsic dimension (bandwidth sweep)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    rows = [[name, str(r["n_points"]), _fmt(r["intrinsic_dimension"]),
-             ", ".join(_fmt(x) for x in r["eigenvalues"][:4])] for name, r in results.items()]
+    rows = [
+        [
+            name,
+            str(r["n_points"]),
+            _fmt(r["intrinsic_dimension"]),
+            ", ".join(_fmt(x) for x in r["eigenvalues"][:4]),
+        ]
+        for name, r in results.items()
+    ]
     section = Section(
-        "diffusion_map", "Diffusion map of the SGD trajectory",
+        "diffusion_map",
+        "Diffusion map of the SGD trajectory",
         [
             "Points are flattened parameter snapshots; Gaussian kernel with the median squared "
             "distance as bandwidth, α = 1 normalisation (removes the sampling density), Markov "
@@ -865,13 +1063,25 @@ def _section_diffusion_map(run: _Run):
             "where each point has about √n neighbours. Trajectories: the training run "
             "(snapshots every record_every steps) and, when the limit-cycle section runs, the "
             "constant-step continuation after training (every step, at most 400 points).",
-            "Estimated intrinsic dimension: " + "; ".join(
-                f"{name} {r['intrinsic_dimension']:.2f}" for name, r in results.items()) + ".",
+            "Estimated intrinsic dimension: "
+            + "; ".join(f"{name} {r['intrinsic_dimension']:.2f}" for name, r in results.items())
+            + ".",
         ],
-        [Table("Diffusion-map summary", ["trajectory", "points", "intrinsic dim.",
-                                          "top eigenvalues"], rows)],
-        [Figure("diffusion_map", "Diffusion-map embedding of the trajectories (coloured by "
-                "step) and the bandwidth sweep of the intrinsic dimension.", figure_png(fig))],
+        [
+            Table(
+                "Diffusion-map summary",
+                ["trajectory", "points", "intrinsic dim.", "top eigenvalues"],
+                rows,
+            )
+        ],
+        [
+            Figure(
+                "diffusion_map",
+                "Diffusion-map embedding of the trajectories (coloured by "
+                "step) and the bandwidth sweep of the intrinsic dimension.",
+                figure_png(fig),
+            )
+        ],
     )
     return section, results
 
@@ -981,11 +1191,13 @@ def reproduce(
 
         if not keep_trajectory:
             shutil.rmtree(tmp / "trajectory", ignore_errors=True)
-        written = write_report(tmp, "grd reproduce: the geometry of SGD on the digits",
-                               sections, metrics, meta)
+        written = write_report(
+            tmp, "grd reproduce: the geometry of SGD on the digits", sections, metrics, meta
+        )
         if keep_trajectory and (tmp / "trajectory").is_dir():
-            written += sorted(p.relative_to(tmp) for p in (tmp / "trajectory").rglob("*")
-                              if p.is_file())
+            written += sorted(
+                p.relative_to(tmp) for p in (tmp / "trajectory").rglob("*") if p.is_file()
+            )
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -105,46 +105,108 @@ def _add_reproduce(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", "-o", type=Path, default=Path("grd-report"),
-                   help="report directory (created; written atomically at the end)")
-    p.add_argument("--force", "-f", action="store_true",
-                   help="overwrite --out if it exists and is not empty (otherwise: ask on a "
-                        "terminal, refuse in non-interactive use)")
-    p.add_argument("--sections", action=_Explicit, type=_section_list, default=rp.SECTIONS,
-                   help="comma-separated analysis sections to run, or 'all'; training always "
-                        f"runs. Sections: {', '.join(rp.SECTIONS)}")
-    p.add_argument("--width", action=_Explicit, type=_positive_int, default=d.width,
-                   help="hidden width of the 64-width-10 tanh MLP")
-    p.add_argument("--n-train", action=_Explicit, type=_positive_int, default=d.n_train,
-                   help="number of training examples (a seeded subset of the 1 797 digits, "
-                        "after holding out the test fraction); D is computed on all of them")
-    p.add_argument("--steps", action=_Explicit, type=_positive_int, default=d.steps,
-                   help="SGD steps")
-    p.add_argument("--batch-size", action=_Explicit, type=_positive_int, default=d.batch_size,
-                   help="SGD minibatch size b (sampled with replacement)")
-    p.add_argument("--lr", action=_Explicit, type=_positive_float, default=d.lr,
-                   help="SGD learning rate η")
-    p.add_argument("--record-every", action=_Explicit, type=_positive_int, default=d.record_every,
-                   help="record a parameter snapshot every this many SGD steps")
-    p.add_argument("--checkpoints", action=_Explicit, type=_float_list(_fraction),
-                   default=d.checkpoints, metavar="F[,F...]",
-                   help="fractions of training at which D is analysed")
-    p.add_argument("--eps", action=_Explicit, type=_float_list(_positive_float), default=d.eps,
-                   metavar="C[,C...]",
-                   help="metric strengths for the flows, in units of 1/λ_max(D(w0)): "
-                        "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)")
-    p.add_argument("--seed", action=_Explicit, type=int, default=d.seed,
-                   help="seed of the initialisation and the SGD minibatches")
-    p.add_argument("--data-seed", action=_Explicit, type=int, default=d.data_seed,
-                   help="seed of the shuffle that picks the train/test subsets")
+    p.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=Path("grd-report"),
+        help="report directory (created; written atomically at the end)",
+    )
+    p.add_argument(
+        "--force",
+        "-f",
+        action="store_true",
+        help="overwrite --out if it exists and is not empty (otherwise: ask on a "
+        "terminal, refuse in non-interactive use)",
+    )
+    p.add_argument(
+        "--sections",
+        action=_Explicit,
+        type=_section_list,
+        default=rp.SECTIONS,
+        help="comma-separated analysis sections to run, or 'all'; training always "
+        f"runs. Sections: {', '.join(rp.SECTIONS)}",
+    )
+    p.add_argument(
+        "--width",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.width,
+        help="hidden width of the 64-width-10 tanh MLP",
+    )
+    p.add_argument(
+        "--n-train",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.n_train,
+        help="number of training examples (a seeded subset of the 1 797 digits, "
+        "after holding out the test fraction); D is computed on all of them",
+    )
+    p.add_argument(
+        "--steps", action=_Explicit, type=_positive_int, default=d.steps, help="SGD steps"
+    )
+    p.add_argument(
+        "--batch-size",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.batch_size,
+        help="SGD minibatch size b (sampled with replacement)",
+    )
+    p.add_argument(
+        "--lr", action=_Explicit, type=_positive_float, default=d.lr, help="SGD learning rate η"
+    )
+    p.add_argument(
+        "--record-every",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.record_every,
+        help="record a parameter snapshot every this many SGD steps",
+    )
+    p.add_argument(
+        "--checkpoints",
+        action=_Explicit,
+        type=_float_list(_fraction),
+        default=d.checkpoints,
+        metavar="F[,F...]",
+        help="fractions of training at which D is analysed",
+    )
+    p.add_argument(
+        "--eps",
+        action=_Explicit,
+        type=_float_list(_positive_float),
+        default=d.eps,
+        metavar="C[,C...]",
+        help="metric strengths for the flows, in units of 1/λ_max(D(w0)): "
+        "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)",
+    )
+    p.add_argument(
+        "--seed",
+        action=_Explicit,
+        type=int,
+        default=d.seed,
+        help="seed of the initialisation and the SGD minibatches",
+    )
+    p.add_argument(
+        "--data-seed",
+        action=_Explicit,
+        type=int,
+        default=d.data_seed,
+        help="seed of the shuffle that picks the train/test subsets",
+    )
     p.add_argument("--float64", action="store_true", help="compute in float64 (enables jax x64)")
-    p.add_argument("--tiny", action="store_true",
-                   help="a seconds-long setting for smoke tests (small width, data and steps); "
-                        "explicit options still override it")
-    p.add_argument("--keep-trajectory", action="store_true",
-                   help="keep the recorded SGD trajectories under OUT/trajectory/ (chunked .npy "
-                        "stores readable with grd.analysis.load_trajectory); by default they "
-                        "are deleted after the analysis")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a seconds-long setting for smoke tests (small width, data and steps); "
+        "explicit options still override it",
+    )
+    p.add_argument(
+        "--keep-trajectory",
+        action="store_true",
+        help="keep the recorded SGD trajectories under OUT/trajectory/ (chunked .npy "
+        "stores readable with grd.analysis.load_trajectory); by default they "
+        "are deleted after the analysis",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce, parser=p)
 
@@ -164,11 +226,17 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--dir", type=Path, default=None, help="directory holding bench_*.py")
     p.add_argument("--full", action="store_true", help="run without --quick (slow)")
-    p.add_argument("-k", "--filter", default=None, metavar="SUBSTRING",
-                   help="only run scripts whose name contains SUBSTRING")
+    p.add_argument(
+        "-k",
+        "--filter",
+        default=None,
+        metavar="SUBSTRING",
+        help="only run scripts whose name contains SUBSTRING",
+    )
     p.add_argument("--list", action="store_true", help="list the scripts and exit")
-    p.add_argument("--timeout", type=_positive_float, default=1800.0,
-                   help="seconds allowed per script")
+    p.add_argument(
+        "--timeout", type=_positive_float, default=1800.0, help="seconds allowed per script"
+    )
     p.set_defaults(func=_cmd_bench, parser=p)
 
 
@@ -186,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="grd",
         description="grd: the geometry of SGD in JAX (diffusion matrix, diffusion metric, "
-                    "GRD/NGD flows, SGD analysis).",
+        "GRD/NGD flows, SGD analysis).",
         epilog="Run 'grd <command> --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
@@ -224,10 +292,14 @@ def _cmd_reproduce(args) -> int:
         config.validate()
     except ValueError as e:
         p.error(str(e))
-    files = rp.reproduce(config, out, overwrite=True, progress=not args.quiet,
-                         keep_trajectory=args.keep_trajectory,
-                         command=["grd", *sys.argv[1:]] if args.argv is None else
-                         ["grd", *args.argv])
+    files = rp.reproduce(
+        config,
+        out,
+        overwrite=True,
+        progress=not args.quiet,
+        keep_trajectory=args.keep_trajectory,
+        command=["grd", *sys.argv[1:]] if args.argv is None else ["grd", *args.argv],
+    )
     print(f"wrote {len(files)} files to {out}/ (open {out / 'report.html'})")
     return 0
 
@@ -252,8 +324,10 @@ def _cmd_bench(args) -> int:
     if args.filter:
         scripts = [s for s in scripts if args.filter in s.name]
     if not scripts:
-        p.error(f"no bench_*.py script in {root}" + (f" matching {args.filter!r}" if
-                                                       args.filter else ""))
+        p.error(
+            f"no bench_*.py script in {root}"
+            + (f" matching {args.filter!r}" if args.filter else "")
+        )
     if args.list:
         for s in scripts:
             print(s)
@@ -264,21 +338,26 @@ def _cmd_bench(args) -> int:
         cmd = [sys.executable, str(script), *(["--quick"] if quick else [])]
         print(f"=== {script.name}{' --quick' if quick else ''}", flush=True)
         try:  # the script's tables stream straight to our stdout; stderr is kept for errors
-            proc = subprocess.run(cmd, cwd=root.parent, timeout=args.timeout,
-                                  stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                cmd, cwd=root.parent, timeout=args.timeout, stderr=subprocess.PIPE, text=True
+            )
         except subprocess.TimeoutExpired:
             print(f"grd bench: {script.name} timed out after {args.timeout:g} s", file=sys.stderr)
             failed.append(script.name)
             continue
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
-            print(f"grd bench: {script.name} failed (exit {proc.returncode}): {tail[0]}",
-                  file=sys.stderr)
+            print(
+                f"grd bench: {script.name} failed (exit {proc.returncode}): {tail[0]}",
+                file=sys.stderr,
+            )
             failed.append(script.name)
         sys.stdout.flush()
     if failed:
-        print(f"grd bench: {len(failed)} of {len(scripts)} failed: {', '.join(failed)}",
-              file=sys.stderr)
+        print(
+            f"grd bench: {len(failed)} of {len(scripts)} failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
