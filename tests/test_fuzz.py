@@ -88,7 +88,7 @@ def models(draw):
 FUZZ = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=5, **FUZZ)
+@settings(max_examples=4, **FUZZ)
 @given(models(), st.sampled_from([0.05, 0.7, 5.0]))
 def test_spec_identities_on_random_models(model, eps):
     """SPEC §2: D·v = dense D v = pair form, D PSD, tr D = Σλ, chunked = unchunked.
@@ -115,7 +115,7 @@ def test_spec_identities_on_random_models(model, eps):
         np.testing.assert_allclose(flat(back), vf, atol=1e-8 * (1 + eps * lam.max()))
 
 
-@settings(max_examples=4, **FUZZ)
+@settings(max_examples=3, **FUZZ)
 @given(models(), st.sampled_from([0.1, 2.0]))
 def test_christoffel_identities_on_random_models(model, eps):
     """SPEC §4: Γ_first(v,v) = the explicit metric's Γ contracted with v twice;
