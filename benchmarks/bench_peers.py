@@ -295,7 +295,7 @@ def bench_topk(prob, k=10):
     row["grd Lanczos (30 products) s"] = timeit(lz, params, batch, repeat=3, min_time=0.0)
     row["grd max rel err"] = float(np.max(np.abs(lam - exact) / exact))
     dv = jax.jit(lambda p, b, u: _diffusion_matvec(loss_fn, p, b, u))
-    row["30 × one D·v s (reference)"] = 30 * timeit(dv, params, batch, prob["v"], repeat=3)
+    row["30 × one D·v (reference) s"] = 30 * timeit(dv, params, batch, prob["v"], repeat=3)
     if torch is None or curv_ns is None:
         return row
     try:

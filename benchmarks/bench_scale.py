@@ -202,6 +202,7 @@ def main(argv=None):
         f"{r['cfg']['data']} N={r['n']} chunk={r['cfg']['chunk']}: "
         f"λ_max = {r['ops']['top-10 Lanczos']['lambda_max']:.5g}"
         for r in rows
+        if "top-10 Lanczos" in r["ops"]
     ]
     finite = all(o["finite"] for r in rows for o in r["ops"].values())
     # plot: compiled memory against N, chunked vs not
