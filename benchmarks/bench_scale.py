@@ -12,10 +12,11 @@ Operations, each jit-compiled and run over the *whole* set:
 Each configuration (data set, N, ``chunk_size`` or none) runs in a fresh subprocess that
 reports, per operation: the wall time (one call of the compiled program), XLA's compiled working
 memory (``peak_temp_bytes``: temp + output bytes from ``memory_analysis``), and the process'
-peak RSS (``VmHWM`` from ``/proc/self/status``; also ``getrusage`` ``ru_maxrss``, which Linux
-carries over fork+exec from the parent, so the parent here stays small: it never imports jax
-before the children ran). The RSS column is cumulative (the peak so far in that process), the
-baseline is the RSS once the data set is on the device.
+peak RSS during that operation's run (``VmHWM`` from ``/proc/self/status``, reset with
+``echo 5 > /proc/self/clear_refs`` just before the run, next to ``VmRSS`` before it). Not
+``getrusage``'s ``ru_maxrss``: it cannot be reset, and Linux carries it over fork+exec from the
+parent (a 1.5 GB parent makes a 13 MB child report 1.4 GB); the generation of the 60 000 inputs
+in float64 would also mask every operation.
 
 Run: ``python benchmarks/bench_scale.py [--quick]``; writes ``benchmarks/results/scale.md`` and
 ``benchmarks/results/scale_memory.png``.
@@ -34,11 +35,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def vmhwm() -> int:
+def vmhwm(field: str = "VmHWM") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
     return -1
+
+
+def reset_peak() -> bool:
+    """Reset this process' VmHWM to its current RSS (Linux ≥ 4.0: ``5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def child(cfg):
@@ -117,6 +127,8 @@ def child(cfg):
         fn, args = ops[name]
         r = {"bytes": peak_temp_bytes(fn, *args)}
         compiled = fn.lower(*args).compile()  # time one run of the compiled program
+        r["rss_before"] = vmhwm("VmRSS")
+        r["reset"] = reset_peak()
         t0 = time.perf_counter()
         res = jax.block_until_ready(compiled(*args))
         r["time"] = time.perf_counter() - t0
@@ -142,6 +154,24 @@ def run_child(cfg):
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"child {cfg} failed:\n{r.stderr[-3000:]}")
+
+
+def summary(rows):
+    """Measured memory against N, chunked vs not (generated set), in words."""
+    out = ["Compiled working memory (MiB) against N on the generated set:"]
+    gen = [r for r in rows if r["cfg"]["data"] == "generated"]
+    ns = sorted({r["n"] for r in gen})
+    for name in ("D·v", "top-10 Lanczos", "NGD flow (2 Euler steps, CG)"):
+        for chunk in (1000, None, 1024):
+            sel = {
+                r["n"]: r["ops"][name]["bytes"]
+                for r in gen
+                if r["cfg"]["chunk"] == chunk and name in r["ops"]
+            }
+            if sel:
+                vals = ", ".join(f"N={n}: {mib(sel[n])}" for n in ns if n in sel)
+                out.append(f"- {name}, chunk_size={chunk}: {vals}")
+    return "\n".join(out)
 
 
 def mib(b):
@@ -186,7 +216,7 @@ def main(argv=None):
 
     head = (
         "| data | N | d | chunk_size | operation | time (s) | compiled working memory (MiB) | "
-        "peak RSS (MiB) | RSS with data loaded (MiB) | peak RSS − data baseline (MiB) |\n"
+        "RSS before the run (MiB) | peak RSS during the run (MiB) | peak − before (MiB) |\n"
         "|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
@@ -195,8 +225,8 @@ def main(argv=None):
         for name, o in r["ops"].items():
             lines.append(
                 f"| {c['data']} | {r['n']} | {r['d']} | {c['chunk'] or '— (unchunked)'} | {name} | "
-                f"{o['time']:.3g} | {mib(o['bytes'])} | {mib(o['rss'])} | {mib(r['rss_base'])} | "
-                f"{mib(o['rss'] - r['rss_base'])} |"
+                f"{o['time']:.3g} | {mib(o['bytes'])} | {mib(o['rss_before'])} | {mib(o['rss'])} | "
+                f"{mib(o['rss'] - o['rss_before'])} |"
             )
     lam = [
         f"{r['cfg']['data']} N={r['n']} chunk={r['cfg']['chunk']}: "
@@ -219,10 +249,16 @@ def main(argv=None):
             lab = f"{name}, {'chunk 1000' if chunk else 'unchunked'}"
             ax[0].loglog(N, [r["ops"][name]["bytes"] / 2**20 for r in sel], style, label=lab)
             ax[1].loglog(
-                N, [(r["ops"][name]["rss"] - r["rss_base"]) / 2**20 for r in sel], style, label=lab
+                N,
+                [
+                    max(r["ops"][name]["rss"] - r["ops"][name]["rss_before"], 2**20) / 2**20
+                    for r in sel
+                ],
+                style,
+                label=lab,
             )
     ax[0].set_title("XLA compiled working memory (MLP 784-256-10)")
-    ax[1].set_title("peak RSS − RSS with data loaded (cumulative per process)")
+    ax[1].set_title("peak RSS during the run − RSS before (floored at 1 MiB)")
     for a in ax:
         a.set_xlabel("N (examples)")
         a.set_ylabel("MiB")
@@ -235,15 +271,17 @@ def main(argv=None):
     body = f"""Every operation runs over the whole data set, jit-compiled, float32, CPU; one timed
 call of the compiled program (wall time, noisy: the machine is shared). Each row group is a fresh
 subprocess; "compiled working memory" is XLA's temp + output bytes of that operation's compiled
-program (`peak_temp_bytes`), "peak RSS" the process' high-water mark (`VmHWM`) after that
-operation (cumulative within the process, in the order D·v → spectrum → flow), "RSS with data
-loaded" the high-water mark once jax, the data set and the parameters were in memory. Lanczos:
+program (`peak_temp_bytes`); "peak RSS during the run" the process' high-water mark (`VmHWM`,
+reset just before the run of the compiled program), "RSS before" its `VmRSS` then (jax, the data
+set, the parameters and the compiled programs in memory). Lanczos:
 20 products, k = 10. Flow: `integrate(flow="ngd", eps=1.0, inverse="cg")`, two Euler steps of 0.05.
 
 Machine load: load average {load0[0]:.2f}, {load0[1]:.2f}, {load0[2]:.2f} at the start; `{up}` at
 the end. Run wall time {time.perf_counter() - t_start:.0f} s. All outputs finite: {finite}.
 
 {chr(10).join(lines)}
+
+{summary(rows)}
 
 Top eigenvalue of D found by each configuration (chunked and unchunked must agree):
 {chr(10).join("- " + x for x in lam)}
