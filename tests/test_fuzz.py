@@ -13,7 +13,6 @@ escape; bad arguments exit 2 with one line on stderr.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from helpers import explicit_metric_christoffel, pair_form_diffusion
 from hypothesis import HealthCheck, given, settings, strategies as st
 from jax.flatten_util import ravel_pytree
@@ -223,9 +222,6 @@ def test_cli_arguments_never_traceback(argv, tmp_path_factory, monkeypatch, caps
     assert (tmp / "file").read_text() == "x" and (tmp / "dir" / "keep").read_text() == "x"
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz (issue 9 report): flow_examples "
-                   "(256, no CLI option) must not exceed n_train, so a valid --n-train < 256 "
-                   "without --tiny exits 2 on a setting the user cannot change")
 def test_cli_small_n_train_validates(tmp_path, monkeypatch, capsys):
     reached = []
 

@@ -340,8 +340,6 @@ def test_zero_diffusion_metric_inverse_is_identity(identical):
         atol=4 * EPS32 * np.abs(vf).max())
 
 
-@pytest.mark.xfail(strict=True, reason="bug (issue 9 report): matfree's Lanczos divides by the "
-                   "off-diagonal β₀ = ‖D v₀‖ = 0 when D = 0, so the spectrum and λ_max are NaN")
 def test_zero_diffusion_lanczos_is_finite(identical):
     params, batch, _, _, _ = identical
     sp = grd.diffusion_spectrum(tanh_mlp, params, batch, 1, method="lanczos")
@@ -351,9 +349,6 @@ def test_zero_diffusion_lanczos_is_finite(identical):
     np.testing.assert_allclose(lam, 0.0, atol=1e-10)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (issue 9 report): the CG loop tests `rr > tol²`, "
-                   "which is False for a NaN residual, so a NaN right-hand side or operator "
-                   "stops the loop at once and returns x = 0 without the convergence error")
 def test_cg_nan_rhs_is_an_error():
     f = eqx.filter_jit(lambda b: grd.conjugate_gradients(lambda u: 2.0 * u, b))
     with pytest.raises(Exception, match="did not converge|NaN"):

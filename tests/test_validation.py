@@ -88,3 +88,39 @@ def test_spectrum_k_bounds(problem):
         grd.diffusion_spectrum(loss_fn, params, batch, 12, method="lanczos")
     with pytest.raises(ValueError, match="`k` is required"):
         grd.diffusion_spectrum(loss_fn, params, batch, method="lanczos")
+
+
+def test_bad_numeric_options(problem):
+    loss_fn, params, batch = problem
+    v = random_like(params)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
+            grd.diffusion_matvec(loss_fn, params, batch, v, chunk_size=bad)
+    with pytest.raises(ValueError, match="`num_samples`"):
+        grd.diffusion_trace(
+            loss_fn, params, batch, method="hutchinson", num_samples=0, key=jax.random.PRNGKey(0)
+        )
+    with pytest.raises(ValueError, match="`num_terms`"):
+        grd.metric_inverse(loss_fn, params, batch, v, 0.01, method="neumann", num_terms=0)
+    with pytest.raises(ValueError, match="`max_steps`"):
+        grd.metric_inverse(loss_fn, params, batch, v, 0.01, method="cg", max_steps=0)
+    with pytest.raises(ValueError, match="`rtol` and `atol`"):
+        grd.metric_inverse(loss_fn, params, batch, v, 0.01, method="cg", rtol=-1.0)
+    with pytest.raises(ValueError, match="`eps`"):
+        grd.flow_field(loss_fn, batch, flow="ngd", eps=-1.0)
+
+
+def test_weak_field_check_rejects_nan_lambda(problem):
+    loss_fn, params, batch = problem
+    with pytest.raises(Exception, match="eps·λ_max < 1"):
+        jax.block_until_ready(
+            grd.metric_inverse(
+                loss_fn,
+                params,
+                batch,
+                random_like(params),
+                0.1,
+                method="weak_field",
+                lam_max=float("nan"),
+            )
+        )

@@ -127,6 +127,8 @@ def diffusion_trace(
 
         return jnp.mean(per_example_map(sq, batch, chunk_size))
     if method == "hutchinson":
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"`num_samples` must be an integer ≥ 1; got {num_samples!r}.")
         if key is None:
             raise ValueError("`key` is required for method='hutchinson'.")
         flat, unravel = tree_ravel(params)
@@ -232,6 +234,11 @@ def diffusion_spectrum(
 
         eigh = matfree.eig.eigh_partial(matfree.decomp.tridiag_sym(m, custom_vjp=False))
         lam, V = eigh(matvec, v0)
+        # D = 0 (e.g. identical examples): Lanczos divides by ‖D v₀‖ = 0 and returns NaN.
+        # D is PSD, so v₀ᵀ D v₀ = 0 for a random v₀ means D = 0: its spectrum is all zeros.
+        zero = jnp.vdot(v0, matvec(v0)) <= 0
+        lam = jnp.where(zero, 0.0, lam)
+        V = jnp.where(zero, jnp.eye(m, flat.shape[0], dtype=V.dtype), V)
         order = jnp.argsort(lam)[::-1][:k]
         lam = jnp.clip(lam[order], 0.0, None)
         vecs = jax.vmap(unravel)(V[order]) if return_eigenvectors else None
@@ -245,7 +252,8 @@ def diffusion_rank(
     """Numerical rank of D from its eigenvalues (SPEC §6).
 
     ``threshold="relative"``: count of λ > λ_max · d · eps_float32 (Chaudhari & Soatto);
-    ``"absolute"``: count of λ > ``atol``.
+    ``"absolute"``: count of λ > ``atol``. The relative threshold cannot tell D = 0 from
+    round-off (λ_max is then itself round-off): use ``"absolute"`` where D may vanish.
     """
     lam = jnp.asarray(eigenvalues)
     if threshold == "relative":

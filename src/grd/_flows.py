@@ -202,6 +202,8 @@ def flow_field(
     Unvalidated: use :func:`integrate` or validate the inputs yourself.
     """
     _check_choices(flow, inverse, christoffel)
+    val.batch_size(batch, min_size=1 if flow == "gd" else 2)
+    eps = val.check_eps(eps)
     common = dict(
         loss_fn=loss_fn, batch=batch, eps=eps, inverse=inverse,
         inverse_options=_default_inverse_options(inverse, dtype, inverse_options),

@@ -66,9 +66,10 @@ def _check_weak_field(eps, lam_max, method, estimate=None):
         if lam_max != "estimate":
             raise ValueError(f"`lam_max` must be a number, None or 'estimate'; got {lam_max!r}.")
         lam_max = estimate()
+    # `not x < 1` rather than `x >= 1`: a NaN λ_max must not pass the check.
     x = eps * lam_max
     if isinstance(x, int | float):
-        if x >= 1:
+        if not x < 1:
             raise ValueError(
                 f"{method} inverse needs eps·λ_max < 1; got eps·λ_max = {x:.3g}. Use a smaller "
                 "`eps` or an exact inverse (method='cg' or 'woodbury')."
@@ -76,7 +77,7 @@ def _check_weak_field(eps, lam_max, method, estimate=None):
         return eps
     return eqx.error_if(
         eps,
-        x >= 1,
+        ~(x < 1),
         f"{method} inverse needs eps·λ_max < 1; use a smaller `eps` or method='cg'/'woodbury'.",
     )
 
@@ -91,6 +92,11 @@ def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=
     Returns:
       ``(x, num_steps)``.
     """
+
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"`rtol` and `atol` must be ≥ 0; got rtol={rtol}, atol={atol}.")
+    if not (isinstance(max_steps, int) and max_steps >= 1):
+        raise ValueError(f"`max_steps` must be an integer ≥ 1; got {max_steps!r}.")
 
     def solve(mv, rhs):
         tol2 = jnp.maximum(rtol**2 * tree_vdot(rhs, rhs), atol**2)
@@ -115,7 +121,7 @@ def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=
         if throw and val.CHECKS_ENABLED:
             x = eqx.error_if(
                 x,
-                rr > tol2,
+                ~(rr <= tol2),  # also catches a NaN residual (NaN operator or right-hand side)
                 "conjugate gradients did not converge within `max_steps`; raise `max_steps` "
                 "or loosen `rtol`/`atol`.",
             )
@@ -243,6 +249,8 @@ def metric_inverse(
     """
     n, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
     eps = val.check_eps(eps)
+    if method == "neumann" and not (isinstance(num_terms, int) and num_terms >= 1):
+        raise ValueError(f"`num_terms` must be an integer ≥ 1; got {num_terms!r}.")
     out, info = _metric_inverse(
         loss_fn,
         params,

@@ -23,8 +23,17 @@ def _single(loss_fn, params, example):
     return loss_fn(params, example)
 
 
+def check_chunk_size(chunk_size):
+    """Raise unless ``chunk_size`` is ``None`` or a positive integer."""
+    if chunk_size is not None and not (
+        isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer or None; got {chunk_size!r}.")
+
+
 def per_example_map(fn, batch, chunk_size: int | None):
     """``vmap(fn)(batch)``, or ``lax.map`` over chunks of ``chunk_size`` examples."""
+    check_chunk_size(chunk_size)
     if chunk_size is None:
         return jax.vmap(fn)(batch)
     return jax.lax.map(fn, batch, batch_size=int(chunk_size))
@@ -99,6 +108,7 @@ def weighted_grad(loss_fn, params, batch, weights, *, chunk_size: int | None = N
 
     With centred weights ``c = (s − s̄)/N`` this is ``Cov_a(s_a, g_a)``.
     """
+    check_chunk_size(chunk_size)
     if chunk_size is None or chunk_size >= weights.shape[0]:
         return jax.grad(weighted_loss, argnums=1)(loss_fn, params, batch, weights)
     xs, ws = _chunks(batch, weights, int(chunk_size))

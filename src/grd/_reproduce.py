@@ -93,6 +93,11 @@ class ReproduceConfig:
         base.update(overrides)
         return cls(**base)
 
+    @property
+    def flow_batch_size(self) -> int:
+        """Examples used by the flows: ``flow_examples``, capped at ``n_train``."""
+        return min(self.flow_examples, self.n_train)
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
         unknown = [s for s in self.sections if s not in SECTIONS]
@@ -133,10 +138,11 @@ class ReproduceConfig:
             raise ValueError(f"vmf_draws must be at least 2; got {self.vmf_draws}.")
         if self.cycle_steps < 16:
             raise ValueError(f"cycle_steps must be at least 16; got {self.cycle_steps}.")
-        if self.flow_examples > self.n_train:
-            raise ValueError(
-                f"flow_examples ({self.flow_examples}) must not exceed n_train ({self.n_train})."
-            )
+        if self.flow_examples < 2:
+            raise ValueError(f"flow_examples must be at least 2; got {self.flow_examples}.")
+        for name in ("seed", "data_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0; got {getattr(self, name)}.")
         if not (self.flow_t1 > 0 and np.isfinite(self.flow_t1)):
             raise ValueError(f"flow_t1 must be positive and finite; got {self.flow_t1}.")
         if not 0.0 <= self.flow_checkpoint <= 1.0:
@@ -699,7 +705,7 @@ def _section_flows(run: _Run):
 
     cfg = run.cfg
     frac, step, w0 = run.flow_start
-    batch = jax.tree_util.tree_map(lambda x: x[: cfg.flow_examples], run.train)
+    batch = jax.tree_util.tree_map(lambda x: x[: cfg.flow_batch_size], run.train)
     ts = np.linspace(cfg.flow_t1 / cfg.flow_points, cfg.flow_t1, cfg.flow_points)
     ts_j = jnp.asarray(ts, dtype=run.dtype)
     lam0 = float(lambda_max(run.loss_fn, w0, batch, num_matvecs=min(run.d, 30)))
@@ -807,8 +813,8 @@ def _section_flows(run: _Run):
     ]
     paragraphs = [
         f"From the checkpoint at {100 * frac:.0f} % of training (step {step}), on the first "
-        f"{cfg.flow_examples} training examples, GD (ẇ = −∇f), NGD (ẇ = −g⁻¹∇f, g = I + εD, exact "
-        "inverse by CG) and GRD (ẅ = −Hẇ − Γ²(ẇ, ẇ), exact Christoffel symbols, started on the "
+        f"{cfg.flow_batch_size} training examples, GD (ẇ = −∇f), NGD (ẇ = −g⁻¹∇f, "
+        "g = I + εD, exact inverse by CG) and GRD (ẅ = −Hẇ − Γ²(ẇ, ẇ), exact Christoffel symbols, started on the "
         f"NGD velocity) are integrated with diffrax up to t1 = {_fmt(cfg.flow_t1)}, for "
         f"ε = C/λ_max(D(w0)), λ_max = {_fmt(lam0)}. The GD path moves "
         f"‖w_GD(t1) − w0‖ = {_fmt(path_len)}.",
@@ -843,7 +849,7 @@ def _section_flows(run: _Run):
     metrics = {
         "start_fraction": frac,
         "start_step": step,
-        "n_examples": cfg.flow_examples,
+        "n_examples": cfg.flow_batch_size,
         "t1": cfg.flow_t1,
         "ts": ts,
         "lambda_max_start": lam0,

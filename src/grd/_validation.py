@@ -113,8 +113,10 @@ def scalar_loss(loss_fn, params, batch) -> None:
 
 def check_eps(eps):
     """Return ``eps`` after checking ε ≥ 0 and finite (eagerly, or in-graph when traced)."""
-    if isinstance(eps, complex) or not jnp.issubdtype(jnp.result_type(eps), jnp.number) or (
-        jnp.issubdtype(jnp.result_type(eps), jnp.complexfloating)
+    if (
+        isinstance(eps, complex)
+        or not jnp.issubdtype(jnp.result_type(eps), jnp.number)
+        or (jnp.issubdtype(jnp.result_type(eps), jnp.complexfloating))
     ):
         raise TypeError(f"`eps` must be a real number; got {eps!r}.")
     if isinstance(eps, int | float):
@@ -135,7 +137,11 @@ def check_finite(tree, name: str):
     """Return ``tree`` with an in-graph check that every leaf is finite (no NaN/inf)."""
     if not CHECKS_ENABLED:
         return tree
-    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    leaves = [
+        x
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
     if not leaves:
         return tree
     bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))

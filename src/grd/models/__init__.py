@@ -1,4 +1,3 @@
 """Models for experiments with grd: a flax MLP classifier and a binary RBM."""
 
-from . import mlp as mlp
-from . import rbm as rbm
+from . import mlp as mlp, rbm as rbm
