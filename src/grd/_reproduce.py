@@ -814,7 +814,8 @@ def _section_flows(run: _Run):
     paragraphs = [
         f"From the checkpoint at {100 * frac:.0f} % of training (step {step}), on the first "
         f"{cfg.flow_batch_size} training examples, GD (ẇ = −∇f), NGD (ẇ = −g⁻¹∇f, "
-        "g = I + εD, exact inverse by CG) and GRD (ẅ = −Hẇ − Γ²(ẇ, ẇ), exact Christoffel symbols, started on the "
+        "g = I + εD, exact inverse by CG) and GRD (ẅ = −Hẇ − Γ²(ẇ, ẇ), exact Christoffel "
+        "symbols, started on the "
         f"NGD velocity) are integrated with diffrax up to t1 = {_fmt(cfg.flow_t1)}, for "
         f"ε = C/λ_max(D(w0)), λ_max = {_fmt(lam0)}. The GD path moves "
         f"‖w_GD(t1) − w0‖ = {_fmt(path_len)}.",

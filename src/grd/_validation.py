@@ -149,7 +149,7 @@ def check_finite(tree, name: str):
 
 
 def core_inputs(loss_fn, params, batch, *, min_size: int = 2, v=None):
-    """Validate the common ``(loss_fn, params, batch[, v])`` arguments; return N and the checked trees."""
+    """Validate ``(loss_fn, params, batch[, v])``; return N and the (value-checked) trees."""
     n = batch_size(batch, min_size=min_size)
     floating_params(params)
     scalar_loss(loss_fn, params, batch)
