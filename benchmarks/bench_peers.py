@@ -31,7 +31,9 @@ Peers live in their own environment, never in the development venv (exact steps 
         -r benchmarks/requirements-peers.txt
     /work/peers-venv/bin/pip install -c /tmp/peers-constraint.txt -e .
 
-Run: ``/work/peers-venv/bin/python benchmarks/bench_peers.py [--quick]``; writes
+The default run took 215 s on the 2-core machine at load ≈ 1 (1 049 s at load ≈ 13, when other
+test runs shared it); ``--quick`` (N = 64, no 784-1024-1024-10, geomstats at d = 12 only) is the
+smoke run. Run: ``/work/peers-venv/bin/python benchmarks/bench_peers.py [--quick]``; writes
 ``benchmarks/results/peers.md`` and ``benchmarks/results/peers_cost.png``. A peer that cannot
 be imported (or fails) is skipped with the reason printed and written to the results.
 """
