@@ -7,8 +7,8 @@ Every matrix-free product of grd is a covariance over examples of a per-example 
 
 (SPEC §2, §4). Centring the weights first is the two-pass form of the covariance: it avoids
 the cancellation of E[s g] − E[s] E[g] in float32. The functions here stream the batch in
-chunks of ``chunk_size`` examples (padding the last chunk with zero-weight copies of a real
-example, which is exact), so memory is bounded by the chunk and not by N.
+chunks of ``chunk_size`` examples (full chunks sliced in place inside a scan, the remainder
+in one more call: exact), so working memory is bounded by the chunk and not by N.
 """
 
 from __future__ import annotations
@@ -34,9 +34,27 @@ def check_chunk_size(chunk_size):
 def per_example_map(fn, batch, chunk_size: int | None):
     """``vmap(fn)(batch)``, or ``lax.map`` over chunks of ``chunk_size`` examples."""
     check_chunk_size(chunk_size)
-    if chunk_size is None:
+    n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    if chunk_size is None or chunk_size >= n:
         return jax.vmap(fn)(batch)
-    return jax.lax.map(fn, batch, batch_size=int(chunk_size))
+    # Like ``lax.map(fn, batch, batch_size=chunk_size)``, but full chunks are sliced in place
+    # (lax.map reshapes a slice of the batch, which copies the data when N % chunk_size ≠ 0).
+    n_full, rest = divmod(n, chunk_size)
+
+    def take(start, size):
+        return jax.tree_util.tree_map(
+            lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), batch
+        )
+
+    def body(_, i):
+        return None, jax.vmap(fn)(take(i * chunk_size, chunk_size))
+
+    _, out = jax.lax.scan(body, None, jnp.arange(n_full))
+    out = jax.tree_util.tree_map(lambda x: x.reshape((n_full * chunk_size,) + x.shape[2:]), out)
+    if rest:
+        tail = jax.vmap(fn)(take(n_full * chunk_size, rest))
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    return out
 
 
 def jvp_values(loss_fn, params, batch, v, *, order: int = 1, chunk_size: int | None = None):
@@ -77,19 +95,29 @@ def centred(s):
     return (c - jnp.mean(c)) / n
 
 
-def _chunks(batch, weights, chunk_size: int):
-    """Reshape ``batch`` and ``weights`` into ``(n_chunks, chunk_size, …)``, zero-weight padded."""
+def chunked_sum(fn, params_like, batch, weights, chunk_size: int | None):
+    """``Σ_chunks fn(batch_chunk, weights_chunk)``: a pytree sum streamed over the examples.
+
+    Full chunks are read with ``dynamic_slice`` inside a ``lax.scan`` (no copy or padding of
+    the batch: memory beyond the inputs is one chunk's work), the remainder in one more call.
+    ``params_like`` gives the structure of the accumulator.
+    """
     n = weights.shape[0]
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
+    if chunk_size is None or chunk_size >= n:
+        return fn(batch, weights)
+    n_full, rest = divmod(n, int(chunk_size))
 
-    def split(x):
-        if pad:
-            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
-        return x.reshape((n_chunks, chunk_size) + x.shape[1:])
+    def take(start, size):
+        sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+        return jax.tree_util.tree_map(sl, batch), sl(weights)
 
-    w = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)]) if pad else weights
-    return jax.tree_util.tree_map(split, batch), w.reshape(n_chunks, chunk_size)
+    def body(acc, i):
+        return tree_add(acc, fn(*take(i * chunk_size, chunk_size))), None
+
+    out, _ = jax.lax.scan(body, tree_zeros_like(params_like), jnp.arange(n_full))
+    if rest:
+        out = tree_add(out, fn(*take(n_full * chunk_size, rest)))
+    return out
 
 
 def weighted_loss(loss_fn, params, batch, weights):
@@ -109,16 +137,8 @@ def weighted_grad(loss_fn, params, batch, weights, *, chunk_size: int | None = N
     With centred weights ``c = (s − s̄)/N`` this is ``Cov_a(s_a, g_a)``.
     """
     check_chunk_size(chunk_size)
-    if chunk_size is None or chunk_size >= weights.shape[0]:
-        return jax.grad(weighted_loss, argnums=1)(loss_fn, params, batch, weights)
-    xs, ws = _chunks(batch, weights, int(chunk_size))
-
-    def body(acc, chunk):
-        b, w = chunk
-        return tree_add(acc, jax.grad(weighted_loss, argnums=1)(loss_fn, params, b, w)), None
-
-    out, _ = jax.lax.scan(body, tree_zeros_like(params), (xs, ws))
-    return out
+    grad = lambda b, w: jax.grad(weighted_loss, argnums=1)(loss_fn, params, b, w)
+    return chunked_sum(grad, params, batch, weights, chunk_size)
 
 
 def weighted_hvp(loss_fn, params, batch, weights, v, *, chunk_size: int | None = None):
@@ -128,15 +148,8 @@ def weighted_hvp(loss_fn, params, batch, weights, v, *, chunk_size: int | None =
         grad_fn = lambda p: jax.grad(weighted_loss, argnums=1)(loss_fn, p, b, w)
         return jax.jvp(grad_fn, (params,), (v,))[1]
 
-    if chunk_size is None or chunk_size >= weights.shape[0]:
-        return hvp(batch, weights)
-    xs, ws = _chunks(batch, weights, int(chunk_size))
-
-    def body(acc, chunk):
-        return tree_add(acc, hvp(*chunk)), None
-
-    out, _ = jax.lax.scan(body, tree_zeros_like(params), (xs, ws))
-    return out
+    check_chunk_size(chunk_size)
+    return chunked_sum(hvp, params, batch, weights, chunk_size)
 
 
 def mean_weights(n: int, dtype):

@@ -134,18 +134,20 @@ def check_eps(eps):
 
 
 def check_finite(tree, name: str):
-    """Return ``tree`` with an in-graph check that every leaf is finite (no NaN/inf)."""
+    """Return ``tree`` after checking every leaf is finite (no NaN/inf).
+
+    Concrete inputs are checked eagerly (a ``ValueError``, and no copy of the data); traced
+    ones in-graph with :func:`equinox.error_if`.
+    """
     if not CHECKS_ENABLED:
         return tree
-    leaves = [
-        x
-        for x in jax.tree_util.tree_leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    if not leaves:
+    bad = _nonfinite(tree)
+    msg = f"`{name}` contains NaN or inf; clean or mask the input."
+    if not isinstance(bad, jax.core.Tracer):
+        if bool(bad):
+            raise ValueError(msg)
         return tree
-    bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
-    return eqx.error_if(tree, bad, f"`{name}` contains NaN or inf; clean or mask the input.")
+    return eqx.error_if(tree, bad, msg)
 
 
 def core_inputs(loss_fn, params, batch, *, min_size: int = 2, v=None):
@@ -162,4 +164,24 @@ def core_inputs(loss_fn, params, batch, *, min_size: int = 2, v=None):
 
 @eqx.filter_jit
 def _finite_checked(params, batch, v):
-    return check_finite(params, "params"), check_finite(batch, "batch"), check_finite(v, "v")
+    """Attach one in-graph finiteness check of params, batch and v to ``params`` only.
+
+    Only ``params`` (d numbers) passes through the check: routing the batch through
+    ``error_if`` would make XLA copy the whole data set.
+    """
+    names = ("params", "batch", "v")
+    bad = jnp.stack([_nonfinite(t) for t in (params, batch, v)])
+    msgs = tuple(f"`{n}` contains NaN or inf; clean or mask the input." for n in names)
+    params = eqx.branched_error_if(params, jnp.any(bad), jnp.argmax(bad), msgs)
+    return params, batch, v
+
+
+def _nonfinite(tree):
+    leaves = [
+        x
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    if not leaves:
+        return jnp.asarray(False)
+    return jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
