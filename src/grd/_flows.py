@@ -324,9 +324,9 @@ def integrate(
     """
     _check_choices(flow, inverse, christoffel)
     min_size = 1 if flow == "gd" else 2
-    val.core_inputs(loss_fn, params0, batch, min_size=min_size)
-    params0 = val.check_finite(params0, "params0")
-    batch = val.check_finite(batch, "batch")
+    # Structure, dtypes and finiteness of params0 and batch (the value check rides on params0:
+    # routing the batch through it would copy the data set inside jit).
+    _, params0, batch, _ = val.core_inputs(loss_fn, params0, batch, min_size=min_size)
     t1 = _check_times(t0, t1)
     dtype = tree_dtype(params0)
     geometric = flow in ("ngd", "grd", "ngd2")
