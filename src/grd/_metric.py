@@ -96,7 +96,7 @@ def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=
     concrete = all(isinstance(t, int | float) for t in (rtol, atol))  # may be traced (optax)
     if concrete and not (rtol >= 0 and atol >= 0):
         raise ValueError(f"`rtol` and `atol` must be ≥ 0; got rtol={rtol}, atol={atol}.")
-    if not (isinstance(max_steps, int) and max_steps >= 1):
+    if isinstance(max_steps, int | float) and not max_steps >= 1:
         raise ValueError(f"`max_steps` must be an integer ≥ 1; got {max_steps!r}.")
 
     def solve(mv, rhs):
