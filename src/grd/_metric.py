@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _validation as val
-from ._diffusion import _diffusion_matvec, lambda_max
-from ._primitives import per_example_map
+from ._diffusion import _diffusion_matvec, _grad_matrix, lambda_max
 from ._tree import (
     tree_add,
     tree_add_scale,
@@ -148,6 +147,13 @@ def neumann_inverse(diffusion_matvec, v, eps, num_terms: int, *, first_product=N
     return out
 
 
+def centred_matrix_from_grads(per_example_grads):
+    """``C``: the ``(N, d)`` centred per-example gradients (``ravel_pytree`` order) of a pytree
+    with leading axis N."""
+    G = jax.vmap(lambda g: tree_ravel(g)[0])(per_example_grads)
+    return G - jnp.mean(G, axis=0)
+
+
 def woodbury_inverse(C, v_flat, eps):
     """``g⁻¹ v = v − ε Cᵀ (N I + ε C Cᵀ)⁻¹ C v`` for a flat ``v`` and the ``(N, d)`` ``C``."""
     n = C.shape[0]
@@ -194,14 +200,10 @@ def _metric_inverse(
         return x, InverseInfo(steps, jnp.asarray(jnp.nan))
     if method == "woodbury":
         if per_example_grads is None:
-
-            def one(ex):
-                return tree_ravel(jax.grad(loss_fn)(params, ex))[0]
-
-            G = per_example_map(one, batch, chunk_size)
+            G = _grad_matrix(loss_fn, params, batch, chunk_size)
+            C = G - jnp.mean(G, axis=0)
         else:
-            G = jax.vmap(lambda g: tree_ravel(g)[0])(per_example_grads)
-        C = G - jnp.mean(G, axis=0)
+            C = centred_matrix_from_grads(per_example_grads)
         flat, unravel = tree_ravel(v)
         return unravel(woodbury_inverse(C, flat, eps)), InverseInfo(
             jnp.asarray(1), jnp.asarray(jnp.nan)

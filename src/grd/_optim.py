@@ -25,7 +25,12 @@ import optax
 import optax.tree as otu
 
 from . import _validation as val
-from ._metric import conjugate_gradients, neumann_inverse, woodbury_inverse
+from ._metric import (
+    centred_matrix_from_grads,
+    conjugate_gradients,
+    neumann_inverse,
+    woodbury_inverse,
+)
 from ._primitives import centred
 from ._tree import tree_ravel
 
@@ -96,12 +101,6 @@ def _check_per_example_grads(per_example_grads, params):
                 "(a leading example axis N on every leaf)."
             )
     return n
-
-
-def _centred_matrix(per_example_grads):
-    """``C``: the ``(N, d)`` matrix of centred per-example gradients, ``ravel_pytree`` order."""
-    G = jax.vmap(lambda g: tree_ravel(g)[0])(per_example_grads)
-    return G - jnp.mean(G, axis=0)
 
 
 def _loss_fn_matvec(per_example_loss_fn, params):
@@ -217,10 +216,10 @@ def scale_by_diffusion_metric(
         C = None
         if per_example_grads is not None:
             _check_per_example_grads(per_example_grads, params)
-            C = _centred_matrix(per_example_grads)
+            C = centred_matrix_from_grads(per_example_grads)
         elif method == "woodbury":
             _check_loss_fn_output(per_example_loss_fn, params)
-            C = _centred_matrix(jax.jacrev(per_example_loss_fn)(params))
+            C = centred_matrix_from_grads(jax.jacrev(per_example_loss_fn)(params))
         else:
             _check_loss_fn_output(per_example_loss_fn, params)
         if C is not None:

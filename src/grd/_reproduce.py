@@ -445,22 +445,19 @@ def _section_training(run: _Run):
 
 def _section_spectrum(run: _Run):
     import jax
-    import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    from . import diffusion_rank, diffusion_spectrum, diffusion_trace
+    from . import diffusion_rank, diffusion_spectrum
+    from .analysis import noise_scale_simple
     from .report import Figure, Section, Table, figure_png
 
     cfg, train, loss_fn = run.cfg, run.train, run.loss_fn
-    mean_loss = _mean_loss(loss_fn)
 
     @jax.jit
     def measure(params):
         lam = diffusion_spectrum(loss_fn, params, train, method="gram").eigenvalues
-        tr = diffusion_trace(loss_fn, params, train)
-        gbar = jax.grad(mean_loss)(params, train)
-        g2 = sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(gbar))
-        return lam, tr, g2
+        noise = noise_scale_simple(loss_fn, params, train)
+        return lam, noise.trace, noise.grad_norm_sq
 
     rows, per_ck = [], []
     for frac, step, params in _tqdm(
