@@ -3,7 +3,7 @@
 - ``benchmarks/results/*.md`` and ``*.png`` appear under ``results/`` (one source of truth: the
   benchmark scripts write those files; the site shows them as they are).
 - ``SECURITY.md`` appears as ``SECURITY.md``.
-- MathJax 3 (``tex-chtml.js``, its TeX extensions and CHTML fonts) is taken from the installed
+- MathJax 3 (``tex-svg.js`` and its TeX extensions) is taken from the installed
   ``django-static-mathjax`` package (the ``docs`` extra) and served from ``assets/mathjax/``:
   the site renders math offline, with no CDN, and no JavaScript is committed.
 
@@ -41,8 +41,8 @@ def _mathjax_dir() -> Path:
             "django-static-mathjax package. Install the docs extra: pip install -e '.[docs]'"
         )
     es5 = Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax" / "es5"
-    if not (es5 / "tex-chtml.js").is_file():
-        raise PluginError(f"MathJax found at {es5.parent} but without es5/tex-chtml.js")
+    if not (es5 / "tex-svg.js").is_file():
+        raise PluginError(f"MathJax found at {es5.parent} but without es5/tex-svg.js")
     return es5
 
 
@@ -63,9 +63,9 @@ def on_files(files: Files, config) -> Files:
         )
 
     es5 = _mathjax_dir()
-    assets = [es5 / "tex-chtml.js"]
+    # SVG output: the glyphs are paths inside the page, so no web font has to load.
+    assets = [es5 / "tex-svg.js"]
     assets += sorted((es5 / "input" / "tex" / "extensions").glob("*.js"))
-    assets += sorted((es5 / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
     for path in assets:
         uri = "assets/mathjax/" + path.relative_to(es5).as_posix()
         files.append(File.generated(config, uri, abs_src_path=str(path)))

@@ -1,0 +1,238 @@
+"""The documentation site: strict build, rendering in headless Chromium, theory references.
+
+The build test needs the ``docs`` packages (in the ``dev`` extra, so CI has them); the browser
+tests need ``/usr/bin/chromium`` (``.ci/run`` installs it). The reference tests read only the
+repository's text and always run.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+THEORY = ROOT / "docs" / "theory.md"
+CHROMIUM = Path("/usr/bin/chromium")
+SECTIONS = range(1, 9)
+# "SPEC §2", "SPEC.md §7", "SPEC §2–3", "SPEC §5, §6"
+SPEC_REF = re.compile(r"SPEC(?:\.md)?,?\s*§\s*(\d+)(?:\s*[–-]\s*(\d+))?((?:,\s*§\s*\d+)*)")  # the theory page has sections §1–§8, anchors sec-1 … sec-8
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium absent (apt-get install -y chromium; .ci/run installs it)",
+)
+
+
+# ------------------------------------------------------------------ references (no build needed)
+
+
+def _theory_anchors() -> set[str]:
+    text = THEORY.read_text(encoding="utf-8")
+    ids = set(re.findall(r"\{#([A-Za-z][\w-]*)\}", text))
+    ids |= set(re.findall(r'<a id="([A-Za-z][\w-]*)"', text))
+    return ids
+
+
+def _referencing_files() -> list[Path]:
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for sub in ("src", "examples", "tests", "benchmarks"):
+        files += sorted((ROOT / sub).rglob("*.py"))
+    files += sorted((ROOT / "notebooks").glob("*.ipynb"))
+    return [f for f in files if "_hooks" not in f.parts and f.name != "test_docs.py"]
+
+
+def test_theory_has_sections_one_to_eight_with_stable_anchors():
+    text = THEORY.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (\d)\. .*\{#(sec-\d)\}\s*$", text, flags=re.M)
+    assert [int(n) for n, _ in headings] == list(SECTIONS), headings
+    assert all(anchor == f"sec-{n}" for n, anchor in headings), headings
+
+
+def test_every_spec_and_theory_reference_resolves():
+    """Every "SPEC §n" (including ranges "§2–3" and lists "§5, §6") names a section 1–8, and
+    every link to theory.md#anchor names an anchor the theory page defines."""
+    anchors = _theory_anchors()
+    bad = []
+    n_refs = 0
+    for path in _referencing_files():
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(SPEC_REF, text):
+            nums = [int(m.group(1))] + ([int(m.group(2))] if m.group(2) else [])
+            nums += [int(k) for k in re.findall(r"\d+", m.group(3) or "")]
+            n_refs += 1
+            bad += [(path.relative_to(ROOT), m.group(0)) for k in nums if k not in SECTIONS]
+        for m in re.finditer(r"theory(?:\.md)?/?#([\w-]+)", text):
+            n_refs += 1
+            if m.group(1) not in anchors:
+                bad.append((path.relative_to(ROOT), m.group(0)))
+    assert n_refs > 20, "the scan found almost no references: is the pattern still right?"
+    assert not bad, f"references to no theory section: {bad}"
+
+
+def test_tests_named_by_the_theory_page_exist():
+    text = THEORY.read_text(encoding="utf-8")
+    cited = set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", text))
+    assert len(cited) >= 20, "the theory page should name the tests that check its identities"
+    missing = []
+    for file, name in sorted(cited):
+        src = ROOT / file
+        if not src.exists() or not re.search(rf"^def {name}\(", src.read_text(), flags=re.M):
+            missing.append(f"{file}::{name}")
+    assert not missing, f"the theory page names tests that do not exist: {missing}"
+
+
+# ------------------------------------------------------------------ the built site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    pytest.importorskip("mkdocs", reason="mkdocs not installed: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings missing: pip install -e '.[docs]'")
+    out = tmp_path_factory.mktemp("site") / "site"
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f",
+         str(ROOT / "mkdocs.yml"), "-d", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def test_strict_build_writes_every_page_and_the_local_mathjax(site):
+    for page in [
+        "index.html",
+        "theory/index.html",
+        "robustness/index.html",
+        "results/index.html",
+        "results/flows/index.html",
+        "api/core/index.html",
+        "api/analysis/index.html",
+        "assets/mathjax/tex-svg.js",
+        "results/analysis_spectrum.png",
+    ]:
+        assert (site / page).is_file(), page
+    html = (site / "theory" / "index.html").read_text(encoding="utf-8")
+    for n in SECTIONS:
+        assert f'id="sec-{n}"' in html
+    assert "cdn" not in " ".join(re.findall(r'<script[^>]+src="([^"]+)"', html)).lower()
+    api = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
+    assert 'id="grd.diffusion_matvec"' in api  # generated from the docstring
+
+
+# A script appended to a copy of a page: once MathJax has typeset, it records on <body> how
+# many formulas were rendered, how many MathJax errors, how many math spans were left raw, and
+# how many images decoded.
+_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const done = () => {
+    const b = document.body;
+    const spans = [...document.querySelectorAll(".arithmatex")];
+    const imgs = [...document.querySelectorAll("article img")];
+    b.dataset.math = document.querySelectorAll("mjx-container").length;
+    b.dataset.merror = document.querySelectorAll("mjx-merror").length;
+    b.dataset.raw = spans.filter(s => !s.querySelector("mjx-container")).length;
+    b.dataset.imgs = imgs.filter(i => i.complete && i.naturalWidth > 0).length + "/" + imgs.length;
+  };
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(done, done);
+  } else { done(); }
+});
+</script>
+"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(_Quiet, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _probe(site: Path, server: str, page: str, tmp_path: Path, html: str | None = None) -> dict:
+    """Open a copy of ``page`` (with the probe script) in headless Chromium; return the
+    attributes the probe wrote on <body>, and the dumped DOM."""
+    src = site / page
+    probe = src.with_name("_probe.html")
+    text = html if html is not None else src.read_text(encoding="utf-8")
+    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    url = f"{server}/{probe.relative_to(site).as_posix()}"
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=20000", "--dump-dom", url,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    probe.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", proc.stdout)
+    assert body is not None, proc.stdout[:2000]
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(0)))
+    assert "math" in attrs, f"the probe did not run on {page}: {body.group(0)}"
+    return attrs | {"dom": proc.stdout}
+
+
+def _raw_tex(dom: str) -> list[str]:
+    """Raw TeX left in the prose of the page's article: once the typeset formulas, code and
+    comments are removed, a "$", "\\(" or "\\[" is a formula that was not picked up."""
+    article = re.search(r"<article.*?</article>", dom, flags=re.S).group(0)
+    prose = re.sub(
+        r"<mjx-container.*?</mjx-container>|<code.*?</code>|<pre.*?</pre>|<!--.*?-->",
+        "",
+        article,
+        flags=re.S,
+    )
+    text = re.sub(r"<[^>]+>", "", prose)
+    return [m.group(0) for m in re.finditer(r".{0,40}(\$|\\\(|\\\[).{0,40}", text)]
+
+
+@needs_chromium
+@pytest.mark.parametrize(
+    "page, min_math",
+    [("theory/index.html", 150), ("api/core/index.html", 1), ("results/index.html", 1)],
+)
+def test_pages_render_math_and_images_in_chromium(site, server, tmp_path, page, min_math):
+    got = _probe(site, server, page, tmp_path)
+    assert int(got["math"]) >= min_math, got["math"]
+    assert got["merror"] == "0", "MathJax reported a TeX error on the page"
+    assert got["raw"] == "0", "some formulas were left as raw TeX"
+    loaded, total = (int(k) for k in got["imgs"].split("/"))
+    assert loaded == total, f"{total - loaded} of {total} images did not load"
+    leftovers = _raw_tex(got["dom"])
+    assert not leftovers, f"raw TeX left on {page}: {leftovers[:5]}"
+
+
+@needs_chromium
+def test_probe_detects_a_broken_image_and_a_tex_error(site, server, tmp_path):
+    """Negative control: the same probe on a page with a missing image and bad TeX."""
+    html = (site / "index.html").read_text(encoding="utf-8")
+    bad = (
+        '<img src="no-such-figure.png"><span class="arithmatex">\\(\\frac{1}{\\)</span>'
+        "<p>a stray $x$ formula</p>"
+    )
+    html = html.replace("</article>", bad + "</article>", 1)
+    got = _probe(site, server, "index.html", tmp_path, html=html)
+    loaded, total = (int(k) for k in got["imgs"].split("/"))
+    assert loaded == total - 1
+    assert got["merror"] != "0" or got["raw"] != "0"
+    assert any("stray $x$" in left for left in _raw_tex(got["dom"]))
+
