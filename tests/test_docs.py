@@ -21,9 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 THEORY = ROOT / "docs" / "theory.md"
 CHROMIUM = Path("/usr/bin/chromium")
-SECTIONS = range(1, 9)
+SECTIONS = range(1, 9)  # the theory page has sections §1–§8, anchors sec-1 … sec-8
 # "SPEC §2", "SPEC.md §7", "SPEC §2–3", "SPEC §5, §6"
-SPEC_REF = re.compile(r"SPEC(?:\.md)?,?\s*§\s*(\d+)(?:\s*[–-]\s*(\d+))?((?:,\s*§\s*\d+)*)")  # the theory page has sections §1–§8, anchors sec-1 … sec-8
+SPEC_REF = re.compile(r"SPEC(?:\.md)?,?\s*§\s*(\d+)(?:\s*[–-]\s*(\d+))?((?:,\s*§\s*\d+)*)")
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -235,4 +235,3 @@ def test_probe_detects_a_broken_image_and_a_tex_error(site, server, tmp_path):
     assert loaded == total - 1
     assert got["merror"] != "0" or got["raw"] != "0"
     assert any("stray $x$" in left for left in _raw_tex(got["dom"]))
-

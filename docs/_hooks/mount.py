@@ -58,9 +58,7 @@ def on_files(files: Files, config) -> Files:
         mounted.append((security, "SECURITY.md", InclusionLevel.INCLUDED))
     for path, uri, inclusion in mounted:
         _MOUNTS[path.relative_to(root).as_posix()] = uri
-        files.append(
-            File.generated(config, uri, abs_src_path=str(path), inclusion=inclusion)
-        )
+        files.append(File.generated(config, uri, abs_src_path=str(path), inclusion=inclusion))
 
     es5 = _mathjax_dir()
     # SVG output: the glyphs are paths inside the page, so no web font has to load.
