@@ -235,3 +235,25 @@ def test_probe_detects_a_broken_image_and_a_tex_error(site, server, tmp_path):
     assert loaded == total - 1
     assert got["merror"] != "0" or got["raw"] != "0"
     assert any("stray $x$" in left for left in _raw_tex(got["dom"]))
+
+
+# ------------------------------------------------------------------ citations
+
+
+def test_citation_file_and_readme_cite_the_implemented_paper():
+    yaml = pytest.importorskip("yaml")
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["authors"] and cff["title"]
+    refs = {r["title"]: r for r in cff["references"]}
+    entropy = next(r for r in refs.values() if r.get("doi") == "10.3390/e22010101")
+    assert [a["family-names"] for a in entropy["authors"]] == ["Fioresi", "Chaudhari", "Soatto"]
+    lee = next(t for t in refs if t.startswith("Directional Analysis of Stochastic Gradient"))
+    assert [a["given-names"] for a in refs[lee]["authors"]] == ["Cheolhyoung", "Kyunghyun", "Wanmo"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for needle in [
+        "10.3390/e22010101",
+        "arXiv:1910.12194",
+        "arXiv:1810.00150",
+        "C. Lee, K. Cho, W. Kang",
+    ]:
+        assert needle in readme, needle
