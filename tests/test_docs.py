@@ -126,6 +126,11 @@ def test_strict_build_writes_every_page_and_the_local_mathjax(site):
     assert "cdn" not in " ".join(re.findall(r'<script[^>]+src="([^"]+)"', html)).lower()
     api = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert 'id="grd.diffusion_matvec"' in api  # generated from the docstring
+    # Every heading of an API page is an object of grd (a docstring line that Markdown took
+    # for a heading would show up here, and in the page's table of contents).
+    for page in sorted((site / "api").glob("*/index.html")):
+        ids = re.findall(r'<h[2-6][^>]*\bid="([^"]+)"', page.read_text(encoding="utf-8"))
+        assert ids and all(i.startswith("grd.") and "--" not in i for i in ids), (page, ids)
 
 
 # A script appended to a copy of a page: once MathJax has typeset, it records on <body> how

@@ -1,0 +1,28 @@
+"""Griffe extension: make the docstrings' reStructuredText-isms render as Markdown.
+
+The docstrings are Google style with a few Sphinx habits: ``:func:`name``` roles, and wrapped
+formulas whose continuation line can begin with ``#`` (``rank = #{λ > …}``), which Markdown
+would take for a heading. This rewrites, in every docstring as it is loaded:
+
+- ``:func:`x```, ``:class:`x```, ``:meth:`x```, ``:mod:`x```, ``:attr:`x``` → ``x`` in code;
+- a line whose first non-blank character is ``#`` → the ``#`` escaped.
+
+The source files are not changed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import griffe
+
+_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
+_HASH = re.compile(r"^(\s*)#", flags=re.M)
+
+
+class MarkdownDocstrings(griffe.Extension):
+    def on_instance(self, *, obj, **kwargs) -> None:
+        if obj.docstring is None:
+            return
+        text = _ROLE.sub(lambda m: f"`{m.group(1)}`", obj.docstring.value)
+        obj.docstring.value = _HASH.sub(r"\1\\#", text)
