@@ -118,6 +118,7 @@ def test_strict_build_writes_every_page_and_the_local_mathjax(site):
         "api/analysis/index.html",
         "assets/mathjax/tex-svg.js",
         "results/analysis_spectrum.png",
+        "notebooks/index.html",
     ]:
         assert (site / page).is_file(), page
     html = (site / "theory" / "index.html").read_text(encoding="utf-8")
@@ -126,6 +127,19 @@ def test_strict_build_writes_every_page_and_the_local_mathjax(site):
     assert "cdn" not in " ".join(re.findall(r'<script[^>]+src="([^"]+)"', html)).lower()
     api = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert 'id="grd.diffusion_matvec"' in api  # generated from the docstring
+    # Every notebook has its page.
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert (site / "notebooks" / nb.stem / "index.html").is_file(), nb.name
+    # Every local image of every page exists in the site (the browser test below checks that
+    # they also decode, on a few pages).
+    missing = []
+    for page in site.rglob("*.html"):
+        for src in re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', page.read_text(encoding="utf-8")):
+            if not re.match(r"^(data:|[a-z]+://)", src):
+                target = (page.parent / src.split("#")[0]).resolve()
+                if not target.is_file():
+                    missing.append((page.relative_to(site).as_posix(), src))
+    assert not missing, missing
     # Every heading of an API page is an object of grd (a docstring line that Markdown took
     # for a heading would show up here, and in the page's table of contents).
     for page in sorted((site / "api").glob("*/index.html")):
@@ -224,6 +238,18 @@ def test_pages_render_math_and_images_in_chromium(site, server, tmp_path, page, 
     assert loaded == total, f"{total - loaded} of {total} images did not load"
     leftovers = _raw_tex(got["dom"])
     assert not leftovers, f"raw TeX left on {page}: {leftovers[:5]}"
+
+
+@needs_chromium
+def test_the_notebook_page_with_most_figures_renders_in_chromium(site, server, tmp_path):
+    pages = sorted((site / "notebooks").glob("*/index.html"))
+    count = lambda p: len(re.findall(r"<img\b", p.read_text(encoding="utf-8")))
+    page = max(pages, key=count)
+    got = _probe(site, server, page.relative_to(site).as_posix(), tmp_path)
+    assert got["merror"] == "0" and got["raw"] == "0"
+    loaded, total = (int(k) for k in got["imgs"].split("/"))
+    assert loaded == total == count(page), got["imgs"]
+    assert not _raw_tex(got["dom"])
 
 
 @needs_chromium
