@@ -127,6 +127,13 @@ def test_strict_build_writes_every_page_and_the_local_mathjax(site):
     assert "cdn" not in " ".join(re.findall(r'<script[^>]+src="([^"]+)"', html)).lower()
     api = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert 'id="grd.diffusion_matvec"' in api  # generated from the docstring
+    # The results page includes the README's results section (one source of truth).
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"--8<-- \[start:results\](.*?)--8<-- \[end:results\]", readme, re.S)
+    assert section, "README.md lost its results-section markers (docs/results.md includes it)"
+    first_row = next(line for line in section.group(1).splitlines() if line.startswith("| "))
+    cell = first_row.split("|")[1].strip()
+    assert cell in (site / "results" / "index.html").read_text(encoding="utf-8"), cell
     # Every notebook has its page.
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert (site / "notebooks" / nb.stem / "index.html").is_file(), nb.name
@@ -288,3 +295,41 @@ def test_citation_file_and_readme_cite_the_implemented_paper():
         "C. Lee, K. Cho, W. Kang",
     ]:
         assert needle in readme, needle
+
+
+# ------------------------------------------------------------------ notebook rendering
+
+
+def test_notebook_markdown_renders_stored_outputs():
+    pytest.importorskip("mkdocs", reason="mkdocs not installed: pip install -e '.[docs]'")
+    import base64
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mount", ROOT / "docs" / "_hooks" / "mount.py")
+    mount = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mount)
+    png = b"\x89PNG\r\n\x1a\nnot really"
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["# Title\n", "Math $x^2$."]},
+            {
+                "cell_type": "code",
+                "source": "print('hi')\n```",
+                "outputs": [
+                    {"output_type": "stream", "name": "stdout", "text": ["hi\n"]},
+                    {"output_type": "display_data", "data": {
+                        "image/png": base64.b64encode(png).decode(), "text/plain": ["<Figure>"]}},
+                    {"output_type": "execute_result", "data": {"text/markdown": "## Table"}},
+                    {"output_type": "error", "ename": "ValueError", "evalue": "bad"},
+                ],
+            },
+            {"cell_type": "code", "source": "", "outputs": []},
+        ]
+    }  # fmt: skip
+    text, images = mount.notebook_markdown(nb, "notebooks/demo")
+    assert text.startswith("# Title\nMath $x^2$.")
+    assert "````python\nprint('hi')\n```\n````" in text  # fence longer than the code's
+    assert "```text\nhi\n```" in text and "```text\nValueError: bad\n```" in text
+    assert "![output](demo_files/output_0.png)" in text and "<Figure>" not in text
+    assert "## Table" in text
+    assert images == {"notebooks/demo_files/output_0.png": png}
