@@ -124,7 +124,13 @@ def test_strict_build_writes_every_page_and_the_local_mathjax(site):
     html = (site / "theory" / "index.html").read_text(encoding="utf-8")
     for n in SECTIONS:
         assert f'id="sec-{n}"' in html
-    assert "cdn" not in " ".join(re.findall(r'<script[^>]+src="([^"]+)"', html)).lower()
+    # Offline: no page loads a script, stylesheet or font from outside the site.
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        external = re.findall(
+            r'<script[^>]+src="(?:https?:)?//[^"]*"|<link[^>]+href="(?:https?:)?//[^"]*"', text
+        )
+        assert not external, (page.relative_to(site).as_posix(), external)
     api = (site / "api" / "core" / "index.html").read_text(encoding="utf-8")
     assert 'id="grd.diffusion_matvec"' in api  # generated from the docstring
     # The results page includes the README's results section (one source of truth).
