@@ -327,9 +327,12 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_interrupted_overwrite_keeps_previous_report(tmp_path, monkeypatch):
+    from grd._outdir import write_marker
+
     out = tmp_path / "report"
     out.mkdir()
     (out / "metrics.json").write_text('{"previous": 1}')
+    write_marker(out, ["metrics.json"])  # a report grd wrote: --force may replace it
 
     def fail(run):
         raise KeyboardInterrupt
@@ -338,7 +341,7 @@ def test_interrupted_overwrite_keeps_previous_report(tmp_path, monkeypatch):
     code = main([*TINY, "--out", str(out), "--force"])
     assert code == 130
     assert json.loads((out / "metrics.json").read_text()) == {"previous": 1}
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".grd-report", "metrics.json"]
     assert not _partials(tmp_path)
 
 

@@ -192,6 +192,14 @@ def _add_reproduce(sub) -> None:
         "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)",
     )
     p.add_argument(
+        "--cycle-steps",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.cycle_steps,
+        help="steps of the constant-step SGD continuation after training, recorded every "
+        "step for the limit-cycle and diffusion-map sections (at least 16)",
+    )
+    p.add_argument(
         "--seed",
         action=_Explicit,
         type=int,
