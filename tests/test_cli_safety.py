@@ -261,3 +261,36 @@ def test_replace_keeps_permissions_and_a_killed_run_resumes_to_the_same_metrics(
     assert _metrics(out) == _metrics(ref)  # bit for bit: JSON floats round-trip exactly
     assert _hidden(tmp_path) == []  # the work directory became the report
     assert _outdir.read_marker(out)["files"] == marker["files"]
+
+
+@pytest.mark.slow
+def test_run_killed_in_the_continuation_resumes_to_the_same_metrics(tmp_path):
+    """The second long stage: constant-step SGD after training (4 blocks of 256 steps)."""
+    args = [*TINY[:-1], "limit_cycles", "--cycle-steps", "1024"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "out"
+    killed = _killed_cli("continuation", 2, *args, "--out", str(out))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not out.exists()
+    resumed = _killed_cli("continuation", 0, *args, "--resume", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "saves=2" in resumed.stdout  # blocks 3 and 4 only; training was not rerun either
+    assert _metrics(out) == _metrics(tmp_path / "ref")
+    assert _hidden(tmp_path) == []
+
+
+def test_a_forged_marker_cannot_reach_outside_the_directory(tmp_path, capsys, no_compute):
+    """A marker listing ``../`` paths is no marker: the directory is refused, nothing deleted."""
+    outside = tmp_path / "thesis.tex"
+    outside.write_text("years of work")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    _outdir.write_marker(report, ["metrics.json", "../thesis.tex"])
+    assert _outdir.read_marker(report) is None
+    _refused([*TINY, "--out", str(report), "--force"], capsys, no_compute, "not written")
+    assert outside.read_text() == "years of work"
+    # and deletion only ever touches entries found inside the directory
+    assert _outdir._remove_listed(report, ["metrics.json", "../thesis.tex"]) == []
+    assert outside.read_text() == "years of work" and not report.exists()

@@ -94,6 +94,10 @@ def read_marker(directory) -> dict | None:
     files = record.get("files")
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
+    for f in files:  # relative paths inside the directory only (no "..", no absolute path)
+        parts = Path(f).parts
+        if not parts or Path(f).is_absolute() or ".." in parts or f != Path(f).as_posix():
+            return None
     return record
 
 
@@ -212,12 +216,12 @@ def _umask() -> int:
 def _remove_listed(directory: Path, files) -> list[str]:
     """Delete the listed files (and the marker), then the directories left empty, bottom-up.
 
-    Returns what remains (entries that appeared after the check): those are kept.
+    Only entries found inside ``directory`` (symlinks not followed) are deleted. Returns what
+    remains (entries that appeared after the check): those are kept.
     """
-    for f in [*files, MARKER]:
-        p = directory / f
-        if p.is_symlink() or p.is_file():
-            p.unlink()
+    present, _ = _walk(directory)
+    for f in sorted(present & {*files, MARKER}):
+        (directory / f).unlink()
     _, dirs = _walk(directory)
     for d in sorted(dirs, key=lambda s: s.count("/"), reverse=True):
         try:
