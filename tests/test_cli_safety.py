@@ -275,7 +275,7 @@ def test_run_killed_in_the_continuation_resumes_to_the_same_metrics(tmp_path):
     assert not out.exists()
     resumed = _killed_cli("continuation", 0, *args, "--resume", "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "saves=2" in resumed.stdout  # blocks 3 and 4 only; training was not rerun either
+    assert "saves=2" in resumed.stdout  # blocks 3 and 4 only
     assert _metrics(out) == _metrics(tmp_path / "ref")
     assert _hidden(tmp_path) == []
 

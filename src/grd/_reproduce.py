@@ -18,8 +18,12 @@ One run on the bundled digits data (no download):
    trajectories (Coifman & Lafon; Fjellström & Nyström).
 
 Every number shown in the report is stored in ``metrics.json``. The report is written into a
-hidden temporary directory beside the target and renamed into place at the very end, so an
-interrupted run never leaves a directory that passes for a complete report.
+hidden temporary directory beside the target and renamed into place at the very end, with a
+``.grd-report`` marker listing its files (written last), so an interrupted run never leaves a
+directory that passes for a complete report, and ``--force`` replaces only directories grd
+wrote (``grd._outdir``). Training and the continuation run checkpoint into that hidden
+directory and resume from it (``resume=True``, ``grd reproduce --resume``); a diverging run
+stops with :class:`DivergenceError`.
 """
 
 from __future__ import annotations
@@ -1378,7 +1382,9 @@ def reproduce(
                 workdir, resumed = path, True
                 _say(f"resuming the interrupted run in {path}")
                 break
-        if workdir is None:
+        if workdir is None and matching:
+            _say(f"a run of this configuration is still running in {matching[0]}; starting afresh")
+        elif workdir is None:
             _say("no interrupted run of this configuration to resume; starting afresh")
     elif matching:
         _say(
