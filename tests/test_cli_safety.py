@@ -294,3 +294,51 @@ def test_a_forged_marker_cannot_reach_outside_the_directory(tmp_path, capsys, no
     # and deletion only ever touches entries found inside the directory
     assert _outdir._remove_listed(report, ["metrics.json", "../thesis.tex"]) == []
     assert outside.read_text() == "years of work" and not report.exists()
+
+
+def test_the_terminal_prompt_names_what_would_be_deleted(tmp_path):
+    """On a terminal (a pty here), without --force: the prompt names the report and its files;
+    answering no deletes nothing and computes nothing."""
+    import pty
+
+    report = tmp_path / "report"
+    (report / "figures").mkdir(parents=True)
+    for name in ("metrics.json", "report.html", "figures/spectrum.png"):
+        (report / name).write_text("grd")
+    _outdir.write_marker(
+        report, ["metrics.json", "report.html", "figures/spectrum.png"], command=["grd", "x"]
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grd.cli", *TINY, "--out", str(report)],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=_env(),
+    )
+    os.close(slave)
+    os.write(master, b"n\n")
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=600)
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 1, text
+    assert "holds a grd report" in text and "`grd x`" in text and "3 files" in text, text
+    assert "figures/" in text and "metrics.json" in text and "[y/N]" in text, text
+    assert "not replacing it" in text and "SGD" not in text
+    assert sorted(p.relative_to(report).as_posix() for p in report.rglob("*")) == [
+        ".grd-report",
+        "figures",
+        "figures/spectrum.png",
+        "metrics.json",
+        "report.html",
+    ]
+    assert _hidden(tmp_path) == []

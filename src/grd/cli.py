@@ -322,7 +322,10 @@ def _cmd_reproduce(args) -> int:
             p.error(str(e))
         plan = rp.check_output(out, overwrite=True)
         print(f"{plan.describe()}.", file=sys.stderr)
-        answer = input("Delete these files and write the new report there? [y/N] ")
+        # the prompt goes to stderr with the rest of the dialogue (stdout may be redirected)
+        print("Delete these files and write the new report there? [y/N] ", end="", file=sys.stderr)
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
         if answer.strip().lower() not in ("y", "yes"):
             print("grd reproduce: not replacing it; nothing done.", file=sys.stderr)
             return 1
