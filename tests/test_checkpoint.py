@@ -52,3 +52,28 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, mode, kill_after):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = np.load(tmp_path / "full.npy"), np.load(tmp_path / "part.npy")
     assert a.tobytes() == b.tobytes()  # bit for bit
+
+
+def test_on_save_runs_before_each_checkpoint_and_metadata_guards_resume(tmp_path):
+    from grd.checkpoint import run_checkpointed
+
+    path = tmp_path / "c.npz"
+    seen = []
+
+    def on_save(x, step):  # the checkpoint of `step` is not yet written when this runs
+        seen.append((step, float(x), load_checkpoint(path, x)[1] if path.exists() else None))
+
+    out = run_checkpointed(
+        lambda x, i: x + 1.0,
+        jnp.zeros(()),
+        5,
+        path=path,
+        every=2,
+        on_save=on_save,
+        metadata={"run": "a"},
+    )
+    assert float(out) == 5.0
+    assert seen == [(2, 2.0, None), (4, 4.0, 2), (5, 5.0, 4)]
+    assert load_checkpoint(path, out)[2] == {"run": "a"}
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run_checkpointed(lambda x, i: x, jnp.zeros(()), 5, path=path, metadata={"run": "b"})

@@ -18,13 +18,19 @@ One run on the bundled digits data (no download):
    trajectories (Coifman & Lafon; Fjellström & Nyström).
 
 Every number shown in the report is stored in ``metrics.json``. The report is written into a
-hidden temporary directory beside the target and renamed into place at the very end, so an
-interrupted run never leaves a directory that passes for a complete report.
+hidden temporary directory beside the target and renamed into place at the very end, with a
+``.grd-report`` marker listing its files (written last), so an interrupted run never leaves a
+directory that passes for a complete report, and ``--force`` replaces only directories grd
+wrote (``grd._outdir``). Training and the continuation run checkpoint into that hidden
+directory and resume from it (``resume=True``, ``grd reproduce --resume``); a diverging run
+stops with :class:`DivergenceError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -35,16 +41,56 @@ from pathlib import Path
 
 import numpy as np
 
+from ._outdir import OutputError, OutputExistsError, check_output
+
 __all__ = [
     "SECTIONS",
     "ReproduceConfig",
+    "DivergenceError",
+    "OutputError",
     "OutputExistsError",
+    "ReportNotPlacedError",
+    "check_output",
     "check_output_dir",
     "reproduce",
 ]
 
 #: The analysis sections ``--sections`` chooses from, in report order. Training always runs.
 SECTIONS: tuple[str, ...] = ("spectrum", "directional", "flows", "limit_cycles", "diffusion_map")
+
+#: Number of examples in the bundled digits data (scikit-learn's ``load_digits``).
+DIGITS_SIZE = 1797
+
+#: A run has diverged when the training loss is not finite or exceeds this factor times its
+#: initial value (checked every ``record_every`` steps on the whole training set).
+DIVERGENCE_FACTOR = 100.0
+
+
+class DivergenceError(FloatingPointError):
+    """SGD diverged: the loss became non-finite or exceeded ``DIVERGENCE_FACTOR`` × initial.
+
+    Attributes: ``stage`` (``"training"`` or ``"continuation"``), ``step``, ``loss``,
+    ``initial_loss``, ``lr``.
+    """
+
+    def __init__(self, stage: str, step: int, loss: float, initial_loss: float, lr: float):
+        self.stage, self.step, self.loss = stage, int(step), float(loss)
+        self.initial_loss, self.lr = float(initial_loss), float(lr)
+        what = "the constant-step SGD continuation" if stage == "continuation" else "SGD"
+        why = (
+            "is not finite"
+            if not np.isfinite(loss)
+            else f"> {DIVERGENCE_FACTOR:g} × the initial {initial_loss:.3g}"
+        )
+        super().__init__(
+            f"{what} diverged at step {self.step}: training loss {self.loss:.3g} ({why}); "
+            f"try a smaller --lr (now {lr:g}; the default is {ReproduceConfig.lr:g})."
+        )
+
+
+def _check_loss(stage, step, loss, initial, lr) -> None:
+    if not (np.isfinite(loss) and loss <= DIVERGENCE_FACTOR * initial):
+        raise DivergenceError(stage, step, loss, initial, lr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +165,14 @@ class ReproduceConfig:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
         if self.n_train < 4:
             raise ValueError(f"n_train must be at least 4; got {self.n_train}.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1); got {self.test_fraction}.")
+        available = DIGITS_SIZE - int(round(self.test_fraction * DIGITS_SIZE))
+        if self.n_train > available:
+            raise ValueError(
+                f"n_train must be at most {available} (the {DIGITS_SIZE} digits less the "
+                f"test fraction {self.test_fraction}); got {self.n_train}."
+            )
         if self.batch_size > self.n_train:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must not exceed n_train ({self.n_train})."
@@ -141,26 +195,19 @@ class ReproduceConfig:
         if self.flow_examples < 2:
             raise ValueError(f"flow_examples must be at least 2; got {self.flow_examples}.")
         for name in ("seed", "data_seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be ≥ 0; got {getattr(self, name)}.")
+            if not 0 <= getattr(self, name) <= 2**32 - 1:
+                raise ValueError(
+                    f"{name} must be an integer in [0, 2**32 - 1]; got {getattr(self, name)}."
+                )
         if not (self.flow_t1 > 0 and np.isfinite(self.flow_t1)):
             raise ValueError(f"flow_t1 must be positive and finite; got {self.flow_t1}.")
         if not 0.0 <= self.flow_checkpoint <= 1.0:
             raise ValueError(f"flow_checkpoint must lie in [0, 1]; got {self.flow_checkpoint}.")
 
 
-class OutputExistsError(FileExistsError):
-    """The output directory exists and is not empty, and overwriting was not allowed."""
-
-
 def check_output_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty directory without ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output path {out} exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"output directory {out} is not empty; pass --force to overwrite it."
-        )
+    """Refuse an output path grd may not write (see :func:`grd._outdir.check_output`)."""
+    check_output(out, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +235,7 @@ class _Run:
     sgd_step: Callable  # jitted (params, key) -> params, one SGD step
     progress: bool
     workdir: Path
+    mean_loss: Callable | None = None  # (params, batch) -> mean loss
     _cycle: np.ndarray | None = None
 
     def cycle_trajectory(self) -> np.ndarray:
@@ -210,9 +258,11 @@ class _Run:
             from .analysis import TrajectoryRecorder, load_trajectory
 
             store = self.workdir / "trajectory" / "continuation"
-            params = self.final_params
             keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), cfg.cycle_steps)
             size = 256
+            n_blocks = -(-cfg.cycle_steps // size)
+            loss_fn = jax.jit(self.mean_loss)
+            initial = float(self.history["train_loss"][0])
             with (
                 TrajectoryRecorder(store, every=1, chunk=size) as rec,
                 _tqdm(
@@ -222,20 +272,42 @@ class _Run:
                     disable=not self.progress,
                 ) as bar,
             ):
-                rec.record(0, params)
-                for i in range(0, cfg.cycle_steps, size):
+                done = -1 if rec.last_step is None else rec.last_step  # resumed store
+                if done < 0:
+                    rec.record(0, self.final_params)
+
+                def block_fn(params, b):
+                    i = int(b) * size
                     params, ws = block(params, keys[i : i + size])
                     for j, w in enumerate(np.asarray(ws)):
-                        rec.record(i + j + 1, w)
-                    bar.update(ws.shape[0])
+                        if i + j + 1 > done:  # a resumed store may hold it already
+                            rec.record(i + j + 1, w)
+                    last = i + ws.shape[0]
+                    _check_loss(
+                        "continuation", last, float(loss_fn(params, self.train)), initial, cfg.lr
+                    )
+                    bar.n = last
+                    bar.refresh()
+                    return params
+
+                _checkpointed(
+                    "continuation",
+                    block_fn,
+                    self.final_params,
+                    n_blocks,
+                    self.workdir,
+                    every=max(1, n_blocks // CHECKPOINTS_PER_STAGE),
+                    on_save=lambda *_: rec.flush(),
+                )
             traj = load_trajectory(store).as_array()
             if traj.shape[0] != cfg.cycle_steps + 1:
                 raise RuntimeError(
                     f"the recorder returned {traj.shape[0]} snapshots; expected "
                     f"{cfg.cycle_steps + 1}."
                 )
-            if not np.all(np.isfinite(traj)):
-                raise FloatingPointError("the constant-step SGD run diverged; lower --lr.")
+            if not np.all(np.isfinite(traj)):  # (the loss check above catches this first)
+                bad = int(np.argmin(np.all(np.isfinite(traj), axis=1)))
+                raise DivergenceError("continuation", bad, float("nan"), initial, cfg.lr)
             self._cycle = traj
         return self._cycle
 
@@ -314,40 +386,70 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
     n_chunks = cfg.steps // cfg.record_every
     ck_chunks = sorted({int(round(c * n_chunks)) for c in cfg.checkpoints})
     flow_chunk = int(round(cfg.flow_checkpoint * n_chunks))
-    history = {"step": [], "train_loss": [], "test_accuracy": []}
-    checkpoints, flow_start = [], []
     store = workdir / "trajectory" / "training"
-    recorder = TrajectoryRecorder(store, every=cfg.record_every, chunk=256)
-
-    def record(chunk, params):
-        step = chunk * cfg.record_every
-        loss, acc = evaluate(params)
-        history["step"].append(step)
-        history["train_loss"].append(float(loss))
-        history["test_accuracy"].append(float(acc))
-        recorder.record(step, params)
-        if chunk in ck_chunks:
-            checkpoints.append((chunk / n_chunks, step, params))
-        if chunk == flow_chunk:
-            flow_start.append((chunk / n_chunks, step, params))
-
     keys = jax.random.split(key_sgd, n_chunks)
+    hist_dtype = np.float64 if cfg.float64 else np.float32
+    loss0, acc0 = evaluate(params)
+    _check_loss("training", 0, float(loss0), float(loss0), cfg.lr)
+    state = {
+        "params": params,
+        "train_loss": np.zeros(n_chunks + 1, hist_dtype),
+        "test_accuracy": np.zeros(n_chunks + 1, hist_dtype),
+    }
+    state["train_loss"][0], state["test_accuracy"][0] = loss0, acc0
+
     with (
-        recorder,
+        TrajectoryRecorder(store, every=cfg.record_every, chunk=256) as recorder,
         _tqdm(total=cfg.steps, desc="SGD training", unit="step", disable=not progress) as bar,
     ):
-        record(0, params)
-        for c in range(1, n_chunks + 1):
-            params = run_chunk(params, keys[c - 1])
-            record(c, params)
-            bar.update(cfg.record_every)
-            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")
+        done = -1 if recorder.last_step is None else recorder.last_step  # resumed store
+        if done < 0:
+            recorder.record(0, params)
+
+        def chunk_fn(state, i):
+            """SGD steps of chunk ``i + 1``; record the snapshot, loss and accuracy after it."""
+            c = int(i) + 1
+            step = c * cfg.record_every
+            p = run_chunk(state["params"], keys[c - 1])
+            loss, acc = evaluate(p)
+            # a resumed run holds jax arrays after loading: back to (mutable) numpy once
+            hist = {
+                k: v if isinstance(v, np.ndarray) else np.array(v)
+                for k, v in state.items()
+                if k != "params"
+            }
+            hist["train_loss"][c], hist["test_accuracy"][c] = loss, acc
+            _check_loss("training", step, float(loss), float(hist["train_loss"][0]), cfg.lr)
+            if step > done:  # a resumed store may hold it already
+                recorder.record(step, p)
+            bar.n = step
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            return {"params": p, **hist}
+
+        state = _checkpointed(
+            "training",
+            chunk_fn,
+            state,
+            n_chunks,
+            workdir,
+            every=max(1, n_chunks // CHECKPOINTS_PER_STAGE),
+            on_save=lambda *_: recorder.flush(),
+        )
     trajectory = load_trajectory(store)
-    for name, values in history.items():
-        if name != "step" and not np.all(np.isfinite(values)):
-            raise FloatingPointError(
-                f"SGD diverged ({name} is not finite); lower the learning rate (--lr)."
-            )
+    snapshots = trajectory.as_array()
+    if snapshots.shape[0] != n_chunks + 1:
+        raise RuntimeError(
+            f"the training store holds {snapshots.shape[0]} snapshots; expected {n_chunks + 1}."
+        )
+
+    def at(chunk):
+        return chunk / n_chunks, chunk * cfg.record_every, unravel(jnp.asarray(snapshots[chunk]))
+
+    history = {
+        "step": np.arange(n_chunks + 1) * cfg.record_every,
+        "train_loss": np.asarray(state["train_loss"], np.float64),
+        "test_accuracy": np.asarray(state["test_accuracy"], np.float64),
+    }
     return _Run(
         cfg=cfg,
         dtype=dtype,
@@ -357,15 +459,40 @@ def _train(cfg: ReproduceConfig, progress: bool, workdir: Path) -> _Run:
         loss_fn=loss_fn,
         d=d,
         unravel=unravel,
-        history={k: np.asarray(v) for k, v in history.items()},
-        snapshots=trajectory.as_array(),
+        history=history,
+        snapshots=snapshots,
         snapshot_steps=np.asarray(trajectory.steps),
-        checkpoints=checkpoints,
-        flow_start=flow_start[0],
-        final_params=params,
+        checkpoints=[at(c) for c in ck_chunks],
+        flow_start=at(flow_chunk),
+        final_params=unravel(jnp.asarray(snapshots[-1])),
         sgd_step=sgd_step,
         progress=progress,
         workdir=workdir,
+        mean_loss=mean_loss,
+    )
+
+
+#: Checkpoints written per long stage (training, continuation): a kill loses at most
+#: 1/CHECKPOINTS_PER_STAGE of the stage.
+CHECKPOINTS_PER_STAGE = 20
+
+
+def _checkpointed(name, step_fn, state, num_steps, workdir: Path, *, every, on_save=None):
+    """:func:`grd.checkpoint.run_checkpointed` into ``workdir/checkpoints/<name>.npz``.
+
+    A run resumed in the same work directory continues from the last checkpoint; the
+    metadata ties the checkpoint to the stage and its length.
+    """
+    from .checkpoint import run_checkpointed
+
+    return run_checkpointed(
+        step_fn,
+        state,
+        num_steps,
+        path=workdir / "checkpoints" / f"{name}.npz",
+        every=every,
+        on_save=on_save,
+        metadata={"stage": name, "num_steps": int(num_steps), "every": int(every)},
     )
 
 
@@ -1134,6 +1261,68 @@ def _pipeline(cfg: ReproduceConfig, workdir: Path, progress: bool):
     return sections, metrics
 
 
+_PARTIAL = ".grd-partial"
+
+
+class ReportNotPlacedError(RuntimeError):
+    """The report was finished but ``out`` changed during the run and may not be replaced."""
+
+
+def _run_key(cfg: ReproduceConfig) -> str:
+    """What a resumed run must share with the interrupted one: config, versions, x64."""
+    import jax
+
+    blob = json.dumps(
+        {
+            "config": dataclasses.asdict(cfg),
+            "versions": _versions(),
+            "x64": bool(jax.config.jax_enable_x64),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _work_dirs(real_out: Path) -> list[tuple[Path, dict]]:
+    """grd's hidden work directories ``.<name>.partial-*`` beside ``out`` (with their record)."""
+    prefix = f".{real_out.name}.partial-"
+    try:
+        entries = sorted(real_out.parent.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        if not path.name.startswith(prefix) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            record = json.loads((path / _PARTIAL).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("format") == "grd-partial":
+            found.append((path, record))
+    return found
+
+
+def _lock(directory: Path):
+    """An exclusive, non-blocking flock on ``directory/.lock`` (released when the process
+    dies, even by SIGKILL); ``None`` if another live run holds it."""
+    import fcntl
+
+    fh = open(directory / ".lock", "a")  # noqa: SIM115
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(f"grd reproduce: {line}", file=sys.stderr, flush=True)
+
+
 def reproduce(
     config: ReproduceConfig,
     out,
@@ -1142,38 +1331,81 @@ def reproduce(
     progress: bool = True,
     keep_trajectory: bool = False,
     command: Sequence[str] | None = None,
+    resume: bool = False,
 ) -> list[Path]:
     """Run the pipeline and write the report directory ``out`` atomically.
 
-    Everything is written into a hidden directory ``.<name>.partial-*`` beside ``out``, which is
-    renamed to ``out`` only after the last file is written (an existing ``out`` is replaced
-    only with ``overwrite=True``); on any error or interrupt the partial directory is removed.
+    The run works in a hidden directory ``.<name>.partial-*`` beside ``out``; its long stages
+    (SGD training, the constant-step continuation) checkpoint there atomically
+    (:func:`grd.checkpoint.run_checkpointed`, :data:`CHECKPOINTS_PER_STAGE` checkpoints per
+    stage). At the end the report and its ``.grd-report`` marker (the list of files, written
+    last) are moved to ``out``. ``out`` must be new, empty, or a report grd wrote that holds
+    nothing else (and then ``overwrite=True``); its permission bits are kept
+    (see ``grd._outdir``). A diverging run raises :class:`DivergenceError` and leaves nothing.
 
     Args:
       config: the run settings (validated first).
       out: the report directory.
-      overwrite: replace an existing non-empty ``out``.
+      overwrite: replace an existing grd report at ``out``.
       progress: show tqdm progress bars on stderr.
       keep_trajectory: keep the recorded trajectories (``trajectory/training`` and
         ``trajectory/continuation``, :func:`grd.analysis.load_trajectory` stores) in ``out``;
         by default they are deleted once analysed.
-      command: the command line, recorded in the report.
+      command: the command line, recorded in the report and its marker.
+      resume: continue an interrupted run of the same configuration (same config, versions
+        and x64 flag) from its work directory if there is one (else start afresh), and keep
+        the work directory if this run is interrupted or fails (except by divergence). Without
+        it the work directory is removed on any error or interrupt (SIGKILL leaves it; a
+        later ``resume=True`` run continues it).
 
     Returns:
       The files written, relative to ``out``.
     """
     import jax
 
+    from . import __version__
+    from ._outdir import MARKER, OutputError, _walk, install, write_marker
+
     config.validate()
-    out = Path(out)
-    check_output_dir(out, overwrite=overwrite)
+    plan = check_output(out, overwrite=overwrite)
     if config.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    real = plan.real
+    real.parent.mkdir(parents=True, exist_ok=True)
+    key = _run_key(config)
+    matching = [p for p, record in _work_dirs(real) if record.get("key") == key]
+    workdir, lock, resumed = None, None, False
+    if resume:
+        for path in sorted(matching, key=lambda p: p.stat().st_mtime, reverse=True):
+            lock = _lock(path)
+            if lock is not None:
+                workdir, resumed = path, True
+                _say(f"resuming the interrupted run in {path}")
+                break
+        if workdir is None and matching:
+            _say(f"a run of this configuration is still running in {matching[0]}; starting afresh")
+        elif workdir is None:
+            _say("no interrupted run of this configuration to resume; starting afresh")
+    elif matching:
+        _say(
+            f"an interrupted run of this configuration is in {matching[0]}; pass --resume "
+            "to continue it (this run starts afresh)"
+        )
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f".{real.name}.partial-", dir=real.parent))
+        lock = _lock(workdir)
+        record = {
+            "format": "grd-partial",
+            "key": key,
+            "config": dataclasses.asdict(config),
+            "command": list(command) if command else None,
+            "pid": os.getpid(),
+        }
+        (workdir / _PARTIAL).write_text(json.dumps(record, indent=1), encoding="utf-8")
     start = time.perf_counter()
+    keep = False
     try:
-        sections, metrics = _pipeline(config, tmp, progress)
+        sections, metrics = _pipeline(config, workdir, progress)
         elapsed = time.perf_counter() - start
         versions = _versions()
         metrics = {
@@ -1189,27 +1421,36 @@ def reproduce(
             "Command: " + (" ".join(command) if command else "grd.reproduce(...)"),
             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"Devices: {', '.join(metrics['devices'])}; float64: {metrics['x64']}; "
-            f"run time {elapsed:.1f} s.",
+            f"run time {elapsed:.1f} s"
+            + (" (this part, resumed from a checkpoint)." if resumed else "."),
         ]
         from .report import write_report
 
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         if not keep_trajectory:
-            shutil.rmtree(tmp / "trajectory", ignore_errors=True)
-        written = write_report(
-            tmp, "grd reproduce: the geometry of SGD on the digits", sections, metrics, meta
+            shutil.rmtree(workdir / "trajectory", ignore_errors=True)
+        for name in (_PARTIAL, ".lock"):
+            (workdir / name).unlink(missing_ok=True)
+        write_report(
+            workdir, "grd reproduce: the geometry of SGD on the digits", sections, metrics, meta
         )
-        if keep_trajectory and (tmp / "trajectory").is_dir():
-            written += sorted(
-                p.relative_to(tmp) for p in (tmp / "trajectory").rglob("*") if p.is_file()
-            )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files, _ = _walk(workdir)
+        write_marker(workdir, files, command=command, version=__version__)  # last file
+        keep = True  # from here on the work directory is a complete report
+        try:
+            warning = install(workdir, plan)
+        except OutputError as e:
+            raise ReportNotPlacedError(f"{e} The finished report is kept in {workdir}.") from None
+        if warning:
+            _say(warning)
+    except BaseException as e:
+        if not keep:
+            if resume and not isinstance(e, DivergenceError):
+                _say(f"progress kept in {workdir}; rerun with --resume to continue")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return written
+    finally:
+        if lock is not None:
+            lock.close()
+    return sorted(Path(f) for f in files if f != MARKER)

@@ -88,7 +88,15 @@ def load_checkpoint(path, like):
 
 
 def run_checkpointed(
-    step_fn: Callable, state, num_steps: int, *, path, every: int = 100, callback=None
+    step_fn: Callable,
+    state,
+    num_steps: int,
+    *,
+    path,
+    every: int = 100,
+    callback=None,
+    on_save=None,
+    metadata: dict | None = None,
 ):
     """Run ``state = step_fn(state, step)`` for ``step`` in ``[0, num_steps)``, checkpointing.
 
@@ -104,6 +112,11 @@ def run_checkpointed(
       path: checkpoint file.
       every: steps between checkpoints (the work lost to a kill is at most ``every`` steps).
       callback: optional ``callback(state, step)`` after each checkpoint (logging).
+      on_save: optional ``on_save(state, step)`` just *before* each checkpoint is written:
+        flush side stores (e.g. a :class:`grd.analysis.TrajectoryRecorder`) here, so that
+        they are never behind the checkpoint.
+      metadata: JSON-able record stored with each checkpoint; when resuming, a checkpoint
+        whose metadata differs is refused with ``ValueError`` (it belongs to another run).
 
     Returns:
       The final state.
@@ -112,14 +125,21 @@ def run_checkpointed(
         raise ValueError(f"`every` must be ≥ 1; got {every}.")
     start = 0
     if Path(path).exists():
-        state, start, _ = load_checkpoint(path, state)
+        state, start, saved = load_checkpoint(path, state)
+        if metadata is not None and saved != json.loads(json.dumps(metadata)):
+            raise ValueError(
+                f"checkpoint {path} belongs to another run (its metadata differs); "
+                "delete it or use another path."
+            )
     step = start
     while step < num_steps:
         stop = min(step + every, num_steps)
         for i in range(step, stop):
             state = step_fn(state, jnp.asarray(i, jnp.int32))
         step = stop
-        save_checkpoint(path, state, step=step)
+        if on_save is not None:
+            on_save(state, step)
+        save_checkpoint(path, state, step=step, metadata=metadata)
         if callback is not None:
             callback(state, step)
     return state

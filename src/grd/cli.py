@@ -1,8 +1,9 @@
 """The ``grd`` command line: ``grd reproduce``, ``grd bench``, ``grd info``.
 
-Bad arguments give a one-line error on stderr and exit code 2 (argparse's convention); a
-failure during a run gives a one-line error and exit code 1. Set ``GRD_DEBUG=1`` to see the
-traceback instead.
+Exit codes: 0 success; 2 bad arguments or an unusable path, reported in one line on stderr
+before any computation (argparse's convention); 1 a failure during a run (one line); 3 the
+training diverged (one line: the step, the loss, what to try); 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM). ``--debug`` (or ``GRD_DEBUG=1``) also prints the traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from . import _reproduce as rp
@@ -110,14 +113,23 @@ def _add_reproduce(sub) -> None:
         "-o",
         type=Path,
         default=Path("grd-report"),
-        help="report directory (created; written atomically at the end)",
+        help="report directory (created; written atomically at the end, with a .grd-report "
+        "marker listing its files)",
     )
     p.add_argument(
         "--force",
         "-f",
         action="store_true",
-        help="overwrite --out if it exists and is not empty (otherwise: ask on a "
-        "terminal, refuse in non-interactive use)",
+        help="replace --out if it holds a report grd wrote (otherwise: ask on a terminal, "
+        "refuse in non-interactive use). A directory grd did not write, or a report to "
+        "which files were added, is never replaced, even with --force",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same configuration from its checkpoints "
+        "(the hidden .OUT.partial-* directory beside --out; a fresh start if there is none), "
+        "and keep this run's checkpoints if it is interrupted",
     )
     p.add_argument(
         "--sections",
@@ -180,6 +192,14 @@ def _add_reproduce(sub) -> None:
         "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)",
     )
     p.add_argument(
+        "--cycle-steps",
+        action=_Explicit,
+        type=_positive_int,
+        default=d.cycle_steps,
+        help="steps of the constant-step SGD continuation after training, recorded every "
+        "step for the limit-cycle and diffusion-map sections (at least 16)",
+    )
+    p.add_argument(
         "--seed",
         action=_Explicit,
         type=int,
@@ -208,7 +228,16 @@ def _add_reproduce(sub) -> None:
         "are deleted after the analysis",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_debug(p)
     p.set_defaults(func=_cmd_reproduce, parser=p)
+
+
+def _add_debug(p) -> None:
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the Python traceback of a failure (also GRD_DEBUG=1)",
+    )
 
 
 def _add_bench(sub) -> None:
@@ -237,6 +266,7 @@ def _add_bench(sub) -> None:
     p.add_argument(
         "--timeout", type=_positive_float, default=1800.0, help="seconds allowed per script"
     )
+    _add_debug(p)
     p.set_defaults(func=_cmd_bench, parser=p)
 
 
@@ -246,6 +276,7 @@ def _add_info(sub) -> None:
         help="print versions, devices and whether float64 (x64) is enabled",
         description="Print the versions of grd and its JAX stack, the devices and the x64 flag.",
     )
+    _add_debug(p)
     p.set_defaults(func=_cmd_info, parser=p)
 
 
@@ -270,17 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_reproduce(args) -> int:
     p = args.parser
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        if sys.stdin.isatty() and sys.stderr.isatty():
-            answer = input(f"{out} is not empty. Overwrite it? [y/N] ").strip().lower()
-            if answer not in ("y", "yes"):
-                print("grd reproduce: not overwriting; nothing done.", file=sys.stderr)
-                return 1
-        else:
-            p.error(f"--out {out} is not empty; pass --force to overwrite it")
+    # 1. the configuration (argument values, sizes against the data, seeds)
     explicit = set(getattr(args, "explicit", set())) | ({"float64"} if args.float64 else set())
     fields = {f for f in rp.ReproduceConfig.__dataclass_fields__}
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
@@ -292,6 +313,24 @@ def _cmd_reproduce(args) -> int:
         config.validate()
     except ValueError as e:
         p.error(str(e))
+    # 2. the output path: nothing is computed before it is known to be usable
+    out: Path = args.out
+    try:
+        rp.check_output(out, overwrite=args.force)
+    except rp.OutputExistsError as e:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            p.error(str(e))
+        plan = rp.check_output(out, overwrite=True)
+        print(f"{plan.describe()}.", file=sys.stderr)
+        # the prompt goes to stderr with the rest of the dialogue (stdout may be redirected)
+        print("Delete these files and write the new report there? [y/N] ", end="", file=sys.stderr)
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+        if answer.strip().lower() not in ("y", "yes"):
+            print("grd reproduce: not replacing it; nothing done.", file=sys.stderr)
+            return 1
+    except rp.OutputError as e:
+        p.error(str(e))
     files = rp.reproduce(
         config,
         out,
@@ -299,6 +338,7 @@ def _cmd_reproduce(args) -> int:
         progress=not args.quiet,
         keep_trajectory=args.keep_trajectory,
         command=["grd", *sys.argv[1:]] if args.argv is None else ["grd", *args.argv],
+        resume=args.resume,
     )
     print(f"wrote {len(files)} files to {out}/ (open {out / 'report.html'})")
     return 0
@@ -376,6 +416,18 @@ def _cmd_info(args) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised so that the same clean-up as for Ctrl-C runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``grd`` console script; returns the exit code."""
     parser = build_parser()
@@ -384,19 +436,37 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse already printed its one-line message
         return int(e.code) if isinstance(e.code, int) else 2
     args.argv = argv
+    debug = bool(getattr(args, "debug", False) or os.environ.get("GRD_DEBUG"))
+    name = f"grd {args.command}"
+    try:
+        previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous, installed = None, False
     try:
         return args.func(args)
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else 2
     except KeyboardInterrupt:
-        print(f"grd {args.command}: interrupted.", file=sys.stderr)
+        print(f"{name}: interrupted.", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{name}: terminated (SIGTERM).", file=sys.stderr)
+        return 143
     except Exception as e:
-        if os.environ.get("GRD_DEBUG"):
-            raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"grd {args.command}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows the traceback)"
+        if isinstance(e, rp.DivergenceError):
+            print(f"{name}: {_one_line(e)}", file=sys.stderr)
+            return 3
+        if isinstance(e, rp.OutputError):  # the output path changed after the checks
+            print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        print(f"{name}: error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
         return 1
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
