@@ -42,6 +42,8 @@ from ._metric import (
     DiffusionMetric as DiffusionMetric,
     InverseInfo as InverseInfo,
     conjugate_gradients as conjugate_gradients,
+    default_cg_rtol as default_cg_rtol,
+    lambda_max_upper_bound as lambda_max_upper_bound,
     metric_apply as metric_apply,
     metric_inverse as metric_inverse,
 )

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from . import _validation as val
 from ._metric import InverseMethod, _metric_inverse
 from ._primitives import centred, jvp_values, per_example_map, weighted_grad, weighted_hvp
-from ._tree import tree_ravel, tree_scale
+from ._tree import tree_dtype, tree_ravel, tree_scale
 
 
 @eqx.filter_jit
@@ -35,6 +35,7 @@ def _metric_derivative(loss_fn, params, batch, v, eps, chunk_size=None):
     )
 
 
+@val.message_first
 def christoffel_contract(
     loss_fn,
     params,
@@ -60,7 +61,10 @@ def christoffel_contract(
       kind: ``"first"`` or ``"second"``.
       inverse: inverse method for ``kind="second"`` (see :func:`grd.metric_inverse`).
       chunk_size: stream the batch in chunks.
-      **inverse_kwargs: passed to the inverse (``rtol``, ``max_steps``, ``lam_max`` …).
+      **inverse_kwargs: passed to the inverse (``rtol``, ``max_steps``, ``lam_max`` …; CG's
+        default tolerance is relative, :func:`grd.default_cg_rtol`; the weak-field and
+        Neumann inverses check ε against :func:`grd.lambda_max_upper_bound` unless
+        ``lam_max`` is given).
 
     Returns:
       pytree with the structure of ``params``.
@@ -69,11 +73,12 @@ def christoffel_contract(
     kind adds the inverse.
     """
     _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, tree_dtype(params))
     gamma = _christoffel_first(loss_fn, params, batch, v, eps, chunk_size)
     if kind == "first":
         return gamma
     if kind == "second":
+        inverse_kwargs.setdefault("lam_max", "estimate")  # weak-field/Neumann: checked
         out, _ = _metric_inverse(
             loss_fn, params, batch, gamma, eps, inverse, chunk_size=chunk_size, **inverse_kwargs
         )
@@ -81,6 +86,7 @@ def christoffel_contract(
     raise ValueError(f"`kind` must be 'first' or 'second'; got {kind!r}.")
 
 
+@val.message_first
 def metric_derivative_contract(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
     """``½ ∂g(v, v)_k = ½ ∂_k g_ij vⁱ vʲ = ε Cov_a(g_a·v, H_a v)`` (SPEC §4), matrix-free.
 
@@ -88,10 +94,11 @@ def metric_derivative_contract(loss_fn, params, batch, v, eps, *, chunk_size: in
     with ``s_a = g_a·v`` held fixed. Cost ≈ three gradients; memory O(d + N).
     """
     _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, tree_dtype(params))
     return _metric_derivative(loss_fn, params, batch, v, eps, chunk_size)
 
 
+@val.message_first
 def christoffel_symbols(
     loss_fn, params, batch, eps, *, kind: Literal["first", "second"] = "first"
 ) -> jax.Array:
@@ -102,7 +109,7 @@ def christoffel_symbols(
     Indices follow ``jax.flatten_util.ravel_pytree(params)``. Memory O(N d²).
     """
     n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, tree_dtype(params))
     flat, unravel = tree_ravel(params)
     f = lambda w, ex: loss_fn(unravel(w), ex)
     G = per_example_map(lambda ex: jax.grad(f)(flat, ex), batch, None)

@@ -19,6 +19,7 @@ from ._primitives import centred, jvp_values, per_example_map, weighted_grad
 from ._tree import tree_ravel, tree_size
 
 
+@val.message_first
 def per_example_losses(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
     """The ``(N,)`` vector of per-example losses ``f_a(w)``.
 
@@ -35,6 +36,7 @@ def per_example_losses(loss_fn, params, batch, *, chunk_size: int | None = None)
     return per_example_map(lambda ex: loss_fn(params, ex), batch, chunk_size)
 
 
+@val.message_first
 def per_example_grads(loss_fn, params, batch, *, chunk_size: int | None = None):
     """Per-example gradients ``g_a = ∇f_a(w)`` as a pytree with a leading axis N.
 
@@ -55,6 +57,7 @@ def _grad_matrix(loss_fn, params, batch, chunk_size=None):
     return per_example_map(one, batch, chunk_size)
 
 
+@val.message_first
 def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
     """``C``: the ``(N, d)`` matrix of centred per-example gradients ``g_a − ḡ`` (dense)."""
     val.core_inputs(loss_fn, params, batch, min_size=1)
@@ -62,6 +65,7 @@ def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None
     return G - jnp.mean(G, axis=0)
 
 
+@val.message_first
 def diffusion_matvec(loss_fn, params, batch, v, *, chunk_size: int | None = None):
     """Matrix-free diffusion product ``D v = Cov_a(g_a, g_a·v)`` (SPEC §2).
 
@@ -91,6 +95,7 @@ def _diffusion_matvec(loss_fn, params, batch, v, chunk_size=None):
     return weighted_grad(loss_fn, params, batch, centred(s), chunk_size=chunk_size)
 
 
+@val.message_first
 def diffusion_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
     """Dense ``D = CᵀC / N``, shape ``(d, d)`` in ``ravel_pytree`` order (small d only)."""
     n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
@@ -98,6 +103,7 @@ def diffusion_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -
     return C.T @ C / n
 
 
+@val.message_first
 def diffusion_trace(
     loss_fn,
     params,

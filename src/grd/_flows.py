@@ -34,8 +34,8 @@ import lineax as lx
 
 from . import _validation as val
 from ._christoffel import _christoffel_first, _metric_derivative
-from ._diffusion import lambda_max
-from ._metric import InverseMethod, _check_weak_field, _metric_inverse
+from ._diffusion import diffusion_trace
+from ._metric import InverseMethod, _check_weak_field, _metric_inverse, lambda_max_upper_bound
 from ._primitives import mean_weights, weighted_grad, weighted_hvp
 from ._tree import tree_add, tree_dtype, tree_scale
 
@@ -73,10 +73,15 @@ class _Field(eqx.Module):
     inverse_options: tuple = eqx.field(static=True, default=())
     chunk_size: int | None = eqx.field(static=True, default=None)
 
+    def _eps(self, w):
+        """ε in the dtype of the state ``w`` (the field may be built before the params)."""
+        return jnp.asarray(self.eps, tree_dtype(w))
+
     def _inv(self, w, x):
-        """``g(w)⁻¹ x`` with the configured method (no ε·λ_max check: done once at the boundary)."""
+        """``g(w)⁻¹ x`` with the configured method (no ε·λ_max check here: :func:`integrate`
+        checks it at ``w₀`` and at every accepted step)."""
         out, _ = _metric_inverse(
-            self.loss_fn, w, self.batch, x, self.eps, self.inverse, lam_max=None,
+            self.loss_fn, w, self.batch, x, self._eps(w), self.inverse, lam_max=None,
             chunk_size=self.chunk_size, **dict(self.inverse_options),
         )  # fmt: skip
         return out
@@ -118,7 +123,7 @@ class GRDField(_Field):
         del t, args
         w, v = y
         hv = _mean_hvp(self.loss_fn, w, self.batch, v, self.chunk_size)
-        gamma = _christoffel_first(self.loss_fn, w, self.batch, v, self.eps, self.chunk_size)
+        gamma = _christoffel_first(self.loss_fn, w, self.batch, v, self._eps(w), self.chunk_size)
         if self.christoffel == "exact":
             gamma = self._inv(w, gamma)
         return v, tree_scale(-1.0, tree_add(hv, gamma))
@@ -135,8 +140,8 @@ class NGD2Field(_Field):
         del t, args
         w, v = y
         hv = _mean_hvp(self.loss_fn, w, self.batch, v, self.chunk_size)
-        gamma = _christoffel_first(self.loss_fn, w, self.batch, v, self.eps, self.chunk_size)
-        dg = _metric_derivative(self.loss_fn, w, self.batch, v, self.eps, self.chunk_size)
+        gamma = _christoffel_first(self.loss_fn, w, self.batch, v, self._eps(w), self.chunk_size)
+        dg = _metric_derivative(self.loss_fn, w, self.batch, v, self._eps(w), self.chunk_size)
         return v, tree_scale(-1.0, self._inv(w, tree_add(tree_add(hv, gamma), dg)))
 
 
@@ -176,12 +181,10 @@ def _check_choices(flow, inverse, christoffel):
 
 
 def _default_inverse_options(inverse, dtype, inverse_options):
-    opts = dict(inverse_options or {})
-    if inverse == "cg":
-        tight = 1e-11 if jnp.dtype(dtype) == jnp.float64 else 1e-6
-        opts.setdefault("rtol", tight)
-        opts.setdefault("atol", tight)
-    return tuple(sorted(opts.items()))
+    """The inverse options as a hashable tuple. CG's defaults are those of every grd inverse
+    (relative, :func:`grd.default_cg_rtol` of the dtype, ``atol = 0``)."""
+    del inverse, dtype
+    return tuple(sorted(dict(inverse_options or {}).items()))
 
 
 def flow_field(
@@ -194,16 +197,17 @@ def flow_field(
     christoffel: ChristoffelForm = "exact",
     inverse_options: dict | None = None,
     chunk_size: int | None = None,
-    dtype=jnp.float64,
+    dtype=None,
 ):
     """The vector field of ``flow`` as an :class:`equinox.Module` ``(t, y, args) -> dy/dt``.
 
     For ``flow="sgd_sde"`` this is the drift (GD); the diffusion is :class:`SGDDiffusion`.
-    Unvalidated: use :func:`integrate` or validate the inputs yourself.
+    ε is cast to ``dtype`` when given, and in any case to the dtype of the state at each
+    call. Unvalidated beyond ε and N (no ε·λ_max check): use :func:`integrate`.
     """
     _check_choices(flow, inverse, christoffel)
     val.batch_size(batch, min_size=1 if flow == "gd" else 2)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, dtype)
     common = dict(
         loss_fn=loss_fn, batch=batch, eps=eps, inverse=inverse,
         inverse_options=_default_inverse_options(inverse, dtype, inverse_options),
@@ -218,12 +222,24 @@ def flow_field(
     return NGD2Field(**common)
 
 
+@val.message_first
 def ngd_velocity(
     loss_fn, params, batch, eps, *, inverse: InverseMethod = "cg", chunk_size=None, **inverse_kwargs
 ):
-    """The NGD velocity ``−g(w)⁻¹ ∇f(w)``: the default initial velocity of second-order flows."""
+    """The NGD velocity ``−g(w)⁻¹ ∇f(w)``: the default initial velocity of second-order flows.
+
+    ``inverse_kwargs`` go to the inverse (see :func:`grd.metric_inverse`); the weak-field and
+    Neumann inverses are checked against :func:`grd.lambda_max_upper_bound` at ``params``
+    unless ``lam_max`` is given.
+    """
     _, params, batch, _ = val.core_inputs(loss_fn, params, batch)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, tree_dtype(params))
+    if inverse in ("weak_field", "neumann"):
+        lam = inverse_kwargs.pop("lam_max", "estimate")
+        bound = lambda: lambda_max_upper_bound(loss_fn, params, batch, chunk_size=chunk_size)
+        if lam is not None and not isinstance(lam, str):
+            lam = val.cast_scalar(lam, tree_dtype(params), name="lam_max")
+        eps = _check_weak_field(eps, lam, inverse.replace("_", "-"), bound)
     field = NGDField(
         loss_fn, batch, eps, inverse,
         _default_inverse_options(inverse, tree_dtype(params), inverse_kwargs), chunk_size,
@@ -261,6 +277,27 @@ def _check_times(t0, t1):
     return eqx.error_if(t1, ~(t1 > t0), "`t1` must be > t0 (diffrax would integrate backwards).")
 
 
+def _weak_field_event(loss_fn, batch, eps, second_order, chunk_size):
+    """A boolean :class:`diffrax.Event`: ``ε·λ_max(D(w)) ≥ 1`` at the state after each step.
+
+    diffrax evaluates it once per step attempt, at the accepted state (the previous one
+    after a rejection). Certified: first ``ε·tr D < 1`` (tr D ≥ λ_max; one pass of
+    per-example gradient norms), and only when that fails the tighter
+    :func:`lambda_max_upper_bound` (20 Lanczos products more), under ``lax.cond``.
+    """
+
+    def exceeded(t, y, args, **kwargs):
+        del t, args, kwargs
+        w = y[0] if second_order else y
+        trace = diffusion_trace(loss_fn, w, batch, chunk_size=chunk_size)
+        bound = lambda: lambda_max_upper_bound(loss_fn, w, batch, chunk_size=chunk_size)
+        strength = jax.lax.cond(eps * trace < 1, lambda: eps * trace, lambda: eps * bound())
+        return ~(strength < 1)
+
+    return diffrax.Event(exceeded)
+
+
+@val.message_first
 def integrate(
     loss_fn,
     params0,
@@ -298,8 +335,14 @@ def integrate(
       t1, t0: time interval, ``t1 > t0``.
       eps: ε ≥ 0 of the metric ``g = I + εD`` (required for ``ngd``, ``grd``, ``ngd2``).
       inverse: ``g⁻¹`` method: ``"cg"`` (exact, matrix-free), ``"woodbury"`` (exact, N×N),
-        ``"weak_field"`` (``I − εD``), ``"neumann"``. For the approximate ones ``ε·λ_max(D(w₀))
-        < 1`` is checked once at ``params0``.
+        ``"weak_field"`` (``I − εD``), ``"neumann"``. For the approximate ones ``ε·λ_max < 1``
+        is checked against a certified upper bound (:func:`grd.lambda_max_upper_bound`) at
+        ``params0`` (eagerly) and at the state after every step by a :class:`diffrax.Event`
+        (first ``ε·tr D < 1``, one pass of per-example gradient norms; the 20-product bound
+        only when that fails). Failing it stops the solve: an error with ``throw=True``,
+        ``solution.event_mask`` True otherwise. Not checked along the path when you pass your
+        own ``event`` (then only at ``params0``) or with ``GRD_CHECKS=0``; nor at the
+        intermediate Runge–Kutta stages.
       christoffel: GRD's ``Γ²``: ``"exact"`` (``g⁻¹Γ_first``) or ``"first_order"`` (``Γ_first``).
       v0: initial velocity of ``grd``/``ngd2`` (default: the NGD velocity ``−g⁻¹∇f(w₀)``).
       saveat: :class:`diffrax.SaveAt` (default: ``t1`` only; ``SaveAt(dense=True)`` for
@@ -323,6 +366,7 @@ def integrate(
       ``(w, v)`` for ``grd``/``ngd2`` (with a leading time axis per :class:`~diffrax.SaveAt`).
     """
     _check_choices(flow, inverse, christoffel)
+    weak_event = False
     min_size = 1 if flow == "gd" else 2
     # Structure, dtypes and finiteness of params0 and batch (the value check rides on params0:
     # routing the batch through it would copy the data set inside jit).
@@ -333,13 +377,19 @@ def integrate(
     if geometric:
         if eps is None:
             raise ValueError(f"`eps` is required for flow={flow!r} (the metric g = I + eps·D).")
-        eps = val.check_eps(eps)
+        eps = val.check_eps(eps, dtype)
         if inverse in ("weak_field", "neumann"):
-            lam = lambda_max(loss_fn, params0, batch, chunk_size=chunk_size)
+            lam = lambda_max_upper_bound(loss_fn, params0, batch, chunk_size=chunk_size)
             eps = _check_weak_field(eps, lam, inverse.replace("_", "-"))
+            if val.CHECKS_ENABLED and "event" not in diffeqsolve_kwargs:
+                diffeqsolve_kwargs["event"] = _weak_field_event(
+                    loss_fn, batch, eps, flow in SECOND_ORDER, chunk_size
+                )
+                weak_event = True
     else:
         eps = 0.0 if eps is None else val.check_eps(eps)
     eps = jnp.asarray(eps, dtype)
+    dt0 = val.cast_scalar(dt0, dtype, name="dt0")
     temperature = 0.0
     if flow == "sgd_sde":
         for name, value in (("key", key), ("lr", lr), ("batch_size", batch_size)):
@@ -349,7 +399,8 @@ def integrate(
             raise ValueError(f"`lr` must be > 0; got {lr}.")
         if not int(batch_size) >= 1:
             raise ValueError(f"`batch_size` must be ≥ 1; got {batch_size}.")
-        temperature = jnp.asarray(lr / (2.0 * batch_size), dtype)
+        lr = val.cast_scalar(lr, dtype, name="lr")
+        temperature = lr / (2.0 * batch_size)
     field = flow_field(
         loss_fn, batch, flow=flow, eps=eps, inverse=inverse, christoffel=christoffel,
         inverse_options=inverse_options, chunk_size=chunk_size, dtype=dtype,
@@ -392,7 +443,15 @@ def integrate(
                 rtol=d_rtol if rtol is None else rtol, atol=d_atol if atol is None else atol
             )
     saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
-    return diffrax.diffeqsolve(
+    sol = diffrax.diffeqsolve(
         terms, solver, t0, t1, dt0, y0, saveat=saveat, stepsize_controller=stepsize_controller,
         max_steps=max_steps, throw=throw, **diffeqsolve_kwargs,
     )  # fmt: skip
+    if weak_event and throw and sol.ys is not None:
+        msg = (
+            f"`eps` is too large for the {inverse.replace('_', '-')} inverse along the path: "
+            "eps·λ_max(D(w)) ≥ 1 was reached (certified bound); use a smaller `eps` or "
+            "inverse='cg'/'woodbury'."
+        )
+        sol = eqx.tree_at(lambda s: s.ys, sol, eqx.error_if(sol.ys, sol.event_mask, msg))
+    return sol

@@ -139,7 +139,7 @@ def scale_by_diffusion_metric(
     method: InverseMethod = "weak_field",
     num_terms: int = 4,
     cg_steps: int = 10,
-    cg_rtol: float = 1e-6,
+    cg_rtol: float | None = None,
     power_iters: int = 1,
     warmup_power_iters: int = 10,
     ema_decay: float | None = None,
@@ -262,14 +262,20 @@ def scale_by_diffusion_metric(
         else:
             eps_t = eps_in
             strength = eps_in * lam
+        if weak and C is not None:
+            # Certified: λ_max(D) = λ_max(C Cᵀ/N), the N×N Gram matrix (O(N²d + N³)), with a
+            # round-off margin 4·N·eps; the power iteration's λ̂ is only a lower bound.
+            gram_top = jnp.linalg.eigvalsh(C @ C.T / C.shape[0])[-1]
+            lam_cert = gram_top * (1 + 4 * C.shape[0] * jnp.finfo(dtype).eps)
+            strength = eps_t * jnp.maximum(lam_cert, lam)
         if weak and val.CHECKS_ENABLED:
             name = "weak-field" if method == "weak_field" else "Neumann"
             eps_t = eqx.error_if(
                 eps_t,
-                strength >= 1,
-                f"scale_by_diffusion_metric(method={method!r}): the {name} inverse needs "
-                "eps·λ_max < 1, and the tracked λ_max gives eps·λ_max ≥ 1. Use a smaller `eps` "
-                "(or relative=True with eps < 1) or method='cg'/'woodbury'.",
+                ~(strength < 1),
+                f"`eps` is too large for scale_by_diffusion_metric(method={method!r}): the "
+                f"{name} inverse needs eps·λ_max < 1 and got eps·λ_max ≥ 1. Use a smaller "
+                "`eps` (or relative=True with eps < 1) or method='cg'/'woodbury'.",
             )
 
         if method == "weak_field":
@@ -311,7 +317,7 @@ def diffusion_ngd(
     method: InverseMethod = "weak_field",
     num_terms: int = 4,
     cg_steps: int = 10,
-    cg_rtol: float = 1e-6,
+    cg_rtol: float | None = None,
     power_iters: int = 1,
     warmup_power_iters: int = 10,
     ema_decay: float | None = None,
@@ -341,13 +347,17 @@ def diffusion_ngd(
 
        * ``"weak_field"``: ``y = ∇f − ε D∇f`` (first order, error O(ε²λ²); one product,
          computed in the same vmapped pass as the power product). Requires ε·λ_max < 1,
-         checked inside jit with ``eqx.error_if`` against the tracked λ̂_max (an
-         underestimate: keep a margin).
+         checked inside jit with ``eqx.error_if``: with ``per_example_grads`` against the
+         exact λ_max of the N×N Gram matrix ``CCᵀ/N`` (certified, O(N²d + N³) per step);
+         with ``per_example_loss_fn`` only against the tracked λ̂_max, a power-iteration
+         *lower* bound (not certified: a certificate would need the N per-example
+         gradients; keep a margin, or pass ``per_example_grads``, or use ``"cg"``).
        * ``"neumann"``: ``Σ_{j=0}^{num_terms} (−εD)^j ∇f`` (``num_terms`` products, the
          first shared with the power product as above); same check.
        * ``"cg"``: conjugate gradients on ``x ↦ x + εDx``, at most ``cg_steps``
-         products, stopping at relative tolerance ``cg_rtol`` (condition number 1 + ελ_max,
-         so few steps suffice); exact for any ε ≥ 0.
+         products, stopping at relative tolerance ``cg_rtol`` (default
+         :func:`grd.default_cg_rtol` of the dtype: 1e-11 in float64, ≈ 1e-6 in float32;
+         condition number 1 + ελ_max, so few steps suffice); exact for any ε ≥ 0.
        * ``"woodbury"``: ``y = ∇f − ε Cᵀ(N I + ε CCᵀ)⁻¹ C∇f`` (exact; an N×N Cholesky; needs
          the N×d matrix C: taken from ``per_example_grads`` or by ``jax.jacrev`` of
          ``per_example_loss_fn``, i.e. N gradients).
@@ -385,7 +395,7 @@ def diffusion_ngd(
       method: ``"weak_field"``, ``"neumann"``, ``"cg"`` or ``"woodbury"``.
       num_terms: Neumann order K (terms j = 0…K; ``num_terms = 1`` is the weak-field inverse).
       cg_steps: maximum number of CG iterations.
-      cg_rtol: CG relative tolerance.
+      cg_rtol: CG relative tolerance (None: the dtype's default).
       power_iters: power-iteration products per step.
       warmup_power_iters: power-iteration products on the first step.
       ema_decay: β of the moving average of the power products (None: no averaging).
@@ -413,4 +423,17 @@ def diffusion_ngd(
             seed=seed,
         ),
         optax.scale_by_learning_rate(learning_rate),
+        _cast_to_params_dtype(),
     )
+
+
+def _cast_to_params_dtype() -> optax.GradientTransformation:
+    """Cast each update leaf to the dtype of its parameter (a float64 NumPy learning rate
+    would otherwise promote float32 updates under x64; optax does not cast)."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            return updates, state
+        return jax.tree.map(lambda u, p: u.astype(jnp.result_type(p)), updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

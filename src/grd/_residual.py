@@ -35,15 +35,17 @@ def _residual(loss_fn, params, batch, v, eps, form, inverse, chunk_size, inverse
     dg = _metric_derivative(loss_fn, params, batch, v, eps, chunk_size)  # ½ ∂g(v, v)
     if form == "exact":
         # (g⁻¹ − I) H v + ½ g⁻¹ ∂g(v, v) = g⁻¹[H v + ½ ∂g(v, v)] − H v: one inverse.
+        opts = {"lam_max": None, **dict(inverse_options)}  # grd_residual passes "estimate"
         out, _ = _metric_inverse(
-            loss_fn, params, batch, tree_add(hv, dg), eps, inverse, lam_max=None,
-            chunk_size=chunk_size, **dict(inverse_options),
+            loss_fn, params, batch, tree_add(hv, dg), eps, inverse, chunk_size=chunk_size,
+            **opts,
         )  # fmt: skip
         return tree_sub(out, hv)
     # ε D ẅ + ½ ε ∇(vᵀDv) with ẅ = −H v.
     return tree_axpy(-eps, _diffusion_matvec(loss_fn, params, batch, hv, chunk_size), dg)
 
 
+@val.message_first
 def grd_residual(
     loss_fn,
     params,
@@ -76,9 +78,10 @@ def grd_residual(
     Cost: H v (≈ 2 gradients) + ½∂g (≈ 3) + one inverse (exact) or one D·v (first order).
     """
     _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
-    eps = val.check_eps(eps)
+    eps = val.check_eps(eps, tree_dtype(params))
     if form not in ("exact", "first_order"):
         raise ValueError(f"`form` must be 'exact' or 'first_order'; got {form!r}.")
+    inverse_kwargs.setdefault("lam_max", "estimate")  # weak-field/Neumann: checked at params
     opts = _default_inverse_options(inverse, tree_dtype(params), inverse_kwargs)
     return _residual(loss_fn, params, batch, v, eps, form, inverse, chunk_size, opts)
 
@@ -105,6 +108,7 @@ class FlowComparison(NamedTuple):
     result_ngd: object
 
 
+@val.message_first
 def compare_flows(
     loss_fn,
     params0,
@@ -139,7 +143,7 @@ def compare_flows(
 
     Cost: two ODE solves, then per saved time one residual and ``num_matvecs`` D·v products.
     """
-    ts = jnp.asarray(ts)
+    ts = jnp.asarray(ts, dtype=tree_dtype(params0))
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a non-empty 1-D array of times; got shape {ts.shape}.")
     t1 = ts[-1] if isinstance(ts, jax.core.Tracer) else float(ts[-1])
@@ -153,6 +157,7 @@ def compare_flows(
     w_grd, v_grd = sol_grd.ys
     w_ngd = sol_ngd.ys
     dtype = tree_dtype(params0)
+    eps = val.check_eps(eps, dtype)
     opts = _default_inverse_options(inverse, dtype, integrate_kwargs.get("inverse_options"))
     weights = mean_weights(jax.tree_util.tree_leaves(batch)[0].shape[0], dtype)
 

@@ -11,6 +11,7 @@ Value checks can be switched off for speed by setting the environment variable
 
 from __future__ import annotations
 
+import functools
 import os
 
 import equinox as eqx
@@ -111,26 +112,53 @@ def scalar_loss(loss_fn, params, batch) -> None:
         )
 
 
-def check_eps(eps):
-    """Return ``eps`` after checking ε ≥ 0 and finite (eagerly, or in-graph when traced)."""
+def cast_scalar(x, dtype, *, name: str):
+    """Return the real scalar ``x`` as a 0-d array of ``dtype`` (the dtype of ``params``).
+
+    The one place where grd's scalar arguments (ε, λ_max, learning rates, temperatures, times,
+    tolerances) meet the parameters: Python, NumPy or JAX scalars of any float dtype, concrete
+    or traced, are cast to ``dtype`` at the boundary, so a NumPy float64 ε with float32 params
+    and x64 on neither promotes the computation nor breaks a ``while_loop`` carry or a
+    ``jax.jvp`` (issue 15). ``None`` passes through.
+    """
+    if x is None:
+        return None
+    if isinstance(x, complex | bool) or not jnp.issubdtype(jnp.result_type(x), jnp.number):
+        raise TypeError(f"`{name}` must be a real number; got {x!r}.")
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise TypeError(f"`{name}` must be a real number; got {x!r}.")
+    if jnp.shape(x) != ():
+        raise ValueError(f"`{name}` must be a scalar; got shape {jnp.shape(x)}.")
+    return jnp.asarray(x, dtype=dtype)
+
+
+def check_eps(eps, dtype=None):
+    """Return ``eps`` after checking ε ≥ 0 and finite (eagerly, or in-graph when traced).
+
+    With ``dtype`` (the dtype of ``params``) the result is cast to it (:func:`cast_scalar`).
+    """
     if (
         isinstance(eps, complex)
         or not jnp.issubdtype(jnp.result_type(eps), jnp.number)
         or (jnp.issubdtype(jnp.result_type(eps), jnp.complexfloating))
     ):
         raise TypeError(f"`eps` must be a real number; got {eps!r}.")
-    if isinstance(eps, int | float):
-        if not eps >= 0 or eps != eps or eps == float("inf"):
-            raise ValueError(f"`eps` must be a finite number ≥ 0; got {eps}.")
-        return jnp.asarray(eps)  # weakly typed: an array so jit does not recompile per value
-    eps = jnp.asarray(eps)
-    if eps.shape != ():
-        raise ValueError(f"`eps` must be a scalar; got shape {eps.shape}.")
+    if jnp.shape(eps) != ():
+        raise ValueError(f"`eps` must be a scalar; got shape {jnp.shape(eps)}.")
+    if not isinstance(eps, jax.core.Tracer):  # concrete: check now, a plain ValueError
+        value = float(eps)
+        if not (value >= 0 and value != float("inf")):
+            raise ValueError(f"`eps` must be a finite number ≥ 0; got {value}. Pass ε ≥ 0.")
+        if dtype is None:
+            return jnp.asarray(eps)  # an array, so jit does not recompile per value
+        return cast_scalar(eps, dtype, name="eps")
     if CHECKS_ENABLED:
         eps = eqx.error_if(
-            eps, ~(jnp.isfinite(eps) & (eps >= 0)), "`eps` must be a finite number ≥ 0."
+            eps,
+            ~(jnp.isfinite(eps) & (eps >= 0)),
+            "`eps` must be a finite number ≥ 0; pass ε ≥ 0 (a NaN or negative ε was traced).",
         )
-    return eps
+    return eps if dtype is None else cast_scalar(eps, dtype, name="eps")
 
 
 def check_finite(tree, name: str):
@@ -185,3 +213,34 @@ def _nonfinite(tree):
     if not leaves:
         return jnp.asarray(False)
     return jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+
+
+_MARKERS = ("equinox.EquinoxRuntimeError: ", "_EquinoxRuntimeError: ")
+
+
+def message_first(fn):
+    """Decorate a public function so a failed in-graph check reads as one line, message first.
+
+    ``equinox.filter_jit`` reports an :func:`equinox.error_if` failure as
+    ``EquinoxRuntimeError: Above is the stack outside of JIT …`` with grd's message in the
+    middle, and an eager ``error_if`` as ``JaxRuntimeError: INTERNAL: CpuCallback error …``.
+    Called eagerly, the decorated function re-raises either as ``EquinoxRuntimeError(message)``
+    (same type, so ``except`` clauses keep working) whose first line is grd's message naming
+    the argument and the fix. Inside the user's ``jax.jit`` the error is raised by XLA when
+    the compiled program runs, after this wrapper has returned: there the message follows
+    JAX's traceback (see docs/robustness.md).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as err:
+            text = str(err)
+            for marker in _MARKERS:
+                if marker in text:
+                    msg = text.split(marker, 1)[1].split("\n\n", 1)[0].strip()
+                    raise eqx.EquinoxRuntimeError(msg) from None
+            raise
+
+    return wrapper
