@@ -66,8 +66,11 @@ def test_prediction_matches_bruteforce_lyapunov(mu, n):
     rate = predicted_areal_velocity(h, dm, eta, b, momentum=mu, n=n)
     np.testing.assert_allclose(rate, 0.5 * (c1.T - c1), atol=1e-12 * np.abs(c1).max())
     np.testing.assert_allclose(rate, -rate.T, atol=0)
-    # Also against scipy's Bartels–Stewart solver (a second, independent method).
+    # Also against scipy's Bartels–Stewart solver (a second, independent method), and the
+    # scalar fast path (momentum=0.0) against the 2 × 2-block path (an array momentum).
     if mu == 0.0:
+        blk = sgd_stationary_covariance(h, dm, eta, b, momentum=jnp.asarray(0.0), n=n)
+        np.testing.assert_allclose(blk.lag_one, got.lag_one, atol=1e-12 * np.abs(c1).max())
         a = np.eye(h.shape[0]) - eta * h
         sig2 = solve_discrete_lyapunov(a, c * eta**2 * dm / b)
         np.testing.assert_allclose(got.sigma, sig2, rtol=1e-9, atol=1e-12 * np.abs(sig2).max())

@@ -371,8 +371,10 @@ def sgd_stationary_covariance(hessian, diffusion, lr, batch_size, *, momentum=0.
     Method: H = VΛVᵀ; in that basis M is block-diagonal with 2 × 2 blocks
     M_i = [[1 − ηλ_i, −ημ], [λ_i, μ]], and the equation separates into d² systems
     (I₄ − M_i ⊗ M_j) vec S_ij = vec G · cD̃_ij/b, solved batched in the input dtype (use
-    float64). Cost O(d³) time for the eigendecomposition and O(16 d²) memory, so dense d up to
-    a few thousand (d = 2000: ≈ 0.5 GB); jit- and grad-able in H, D, η, μ.
+    float64). With ``momentum=0`` (a Python number) the blocks are scalars and
+    Σ̃_ij = cη²D̃_ij / (b(1 − a_i a_j)), a_i = 1 − ηλ_i. Cost O(d³) time for the
+    eigendecomposition; memory O(d²) without momentum and O(16 d²) with it (d = 2000: ≈ 0.5
+    GB), so dense d up to a few thousand; jit- and grad-able in H, D, η (and μ).
 
     Args:
       hessian: (d, d) symmetric H at the minimum, positive definite.
@@ -391,8 +393,14 @@ def sgd_stationary_covariance(hessian, diffusion, lr, batch_size, *, momentum=0.
     lam, v = jnp.linalg.eigh(h)
     _check_stable(lam, lr, momentum)
     eta = jnp.asarray(lr, dtype)
-    mu = jnp.asarray(momentum, dtype)
     dt = (v.T @ dm @ v) * (c / batch_size)
+    if isinstance(momentum, int | float) and momentum == 0:
+        # Plain SGD: A = V diag(a) Vᵀ, a = 1 − ηλ; Σ̃_ij = η² D̃_ij / (1 − a_i a_j), C̃₁ = aΣ̃.
+        a = 1 - eta * lam
+        sigma_t = eta**2 * dt / (1 - a[:, None] * a[None, :])
+        sigma = v @ sigma_t @ v.T
+        return SGDStationaryCovariance(0.5 * (sigma + sigma.T), v @ (a[:, None] * sigma_t) @ v.T)
+    mu = jnp.asarray(momentum, dtype)
     one = jnp.ones_like(lam)
     blocks = jnp.stack(
         [jnp.stack([1 - eta * lam, -eta * mu * one], -1), jnp.stack([lam, mu * one], -1)], -2
