@@ -311,3 +311,18 @@ def test_input_errors_are_clear():
         areal_velocity(np.full((100, 2), np.nan))
     with pytest.raises(ValueError, match="lags"):
         time_reversal_asymmetry(np.zeros((1000, 2)), lags=(0,))
+
+
+def test_accepts_a_recorded_trajectory_store(tmp_path):
+    from grd.analysis import TrajectoryRecorder, load_trajectory
+
+    a, q, _ = _nonnormal()
+    xs = np.asarray(_simulate(a, q, 640, 1, jax.random.key(12))[:, 0])
+    with TrajectoryRecorder(tmp_path, every=1, chunk=100) as rec:
+        for t, x in enumerate(xs):
+            rec.record(t, jnp.asarray(x))
+    store = load_trajectory(tmp_path)
+    got = areal_velocity(store, n_batches=8)
+    want = areal_velocity(xs, n_batches=8)
+    np.testing.assert_allclose(got.rate, want.rate, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got.stderr, want.stderr, rtol=1e-12, atol=1e-15)
