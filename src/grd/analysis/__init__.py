@@ -1,5 +1,5 @@
 """SGD analysis suite (SPEC §6): spectrum and rank of D, noise scale, directional statistics,
-diffusion maps, limit cycles, recording.
+diffusion maps, limit cycles, non-equilibrium currents, recording.
 
 Every function takes arrays (or pytrees, for :func:`minibatch_gradients`), is pure, and is
 jit-able where its math allows; each docstring gives the formula and the paper it follows.
@@ -40,6 +40,22 @@ from grd.analysis.noise_scale import (
     noise_scale_simple,
     sgd_temperature,
 )
+from grd.analysis.nonequilibrium import (
+    ArealVelocity,
+    SGDStationaryCovariance,
+    Stationarity,
+    TimeReversalAsymmetry,
+    areal_velocity,
+    continuous_areal_velocity,
+    eigen_basis,
+    pca_basis,
+    plane_pairs,
+    predicted_areal_velocity,
+    sde_temperature,
+    sgd_stationary_covariance,
+    stationarity,
+    time_reversal_asymmetry,
+)
 from grd.analysis.recorder import Trajectory, TrajectoryRecorder, load_trajectory
 from grd.analysis.spectrum import (
     SpectrumAlongTraining,
@@ -49,18 +65,25 @@ from grd.analysis.spectrum import (
 )
 
 __all__ = [
+    "ArealVelocity",
     "Autocorrelation",
     "CurvatureNoiseScale",
     "DiffusionMap",
     "IncrementSpectrum",
     "IntrinsicDimension",
     "NonequilibriumDecomposition",
+    "SGDStationaryCovariance",
     "SimpleNoiseScale",
     "SpectrumAlongTraining",
+    "Stationarity",
+    "TimeReversalAsymmetry",
     "Trajectory",
     "TrajectoryRecorder",
+    "areal_velocity",
     "autocorrelation",
+    "continuous_areal_velocity",
     "diffusion_map",
+    "eigen_basis",
     "gradient_norm_stochasticity",
     "gradient_stochasticity",
     "increment_spectrum",
@@ -72,13 +95,20 @@ __all__ = [
     "noise_scale_curvature",
     "noise_scale_simple",
     "nonequilibrium_decomposition",
+    "pca_basis",
+    "plane_pairs",
     "plot_spectrum_histogram",
+    "predicted_areal_velocity",
     "rotation_rate",
+    "sde_temperature",
+    "sgd_stationary_covariance",
     "sgd_temperature",
     "shuffled_surrogate",
     "spectrum_along_training",
     "spectrum_table",
     "squared_distances",
+    "stationarity",
+    "time_reversal_asymmetry",
     "top_eigenplane",
     "uniform_concentration_baseline",
     "vmf_concentration",
