@@ -87,8 +87,10 @@ def test_killed_run_resumes_bit_for_bit(two_processes, tmp_path):
     full = [dict(np.load(tmp_path / "full" / f"result_{pid}.npz")) for pid in range(2)]
     kill_at = 2 * _worker.EVERY
     codes, report = two_processes("train", tmp_path, str(kill_at), expect_killed=True)
-    # process 1 killed itself mid-interval; the launcher killed process 0
-    assert codes == [-9, -9], report(f"return codes {codes}")
+    # process 1 killed itself mid-interval; process 0 was then either aborted by JAX's
+    # coordination service (SIGABRT: "Polled an error from coordination service") or killed
+    # by the launcher, whichever came first
+    assert codes[1] == -9 and codes[0] in (-6, -9), report(f"return codes {codes}")
     assert not (tmp_path / "result_0.npz").exists()
     two_processes("train", tmp_path)
     for pid in range(2):
