@@ -100,11 +100,11 @@ def initialize(
     """Join a multi-process JAX run: :func:`jax.distributed.initialize` plus CPU collectives.
 
     A thin wrapper, on purpose: with no arguments JAX detects the cluster itself (SLURM,
-    Cloud TPU pod slices, Open MPI, Kubernetes/GKE); pass ``coordinator_address``,
+    Cloud TPU pod slices, Open MPI, mpi4py, Kubernetes); pass ``coordinator_address``,
     ``num_processes`` and ``process_id`` (e.g. ``"10.0.0.1:1234"``, 2, 0) anywhere else. The
     two things it adds: on CPU it selects gloo for cross-process collectives when no
-    implementation is set (jax ≥ 0.10 already defaults to gloo; earlier versions to none, and
-    a CPU cluster then fails at the first all-reduce), and it does nothing if the runtime is
+    implementation is set (jax 0.10.2 already defaults to gloo; releases without a default fail
+    at the first cross-process all-reduce on CPU), and it does nothing if the runtime is
     already initialised, so library code can call it unconditionally. Call it on every process
     before any other JAX call that touches devices. Plain :func:`jax.distributed.initialize`
     is equally fine on GPU and TPU.
@@ -115,7 +115,8 @@ def initialize(
       **kwargs: passed to :func:`jax.distributed.initialize` (``local_device_ids``,
         ``initialization_timeout``, ...).
     """
-    if jax.distributed.is_initialized():
+    is_initialized = getattr(jax.distributed, "is_initialized", lambda: False)
+    if is_initialized():
         return
     if jax.config.jax_cpu_collectives_implementation in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -128,7 +129,7 @@ def initialize(
 
 
 def process_rows(num_examples: int, mesh: Mesh, axis_name: str | None = None) -> slice:
-    """The rows ``[start, stop)`` of an ``num_examples``-example batch this process holds.
+    """The rows ``[start, stop)`` of a ``num_examples``-example batch that this process holds.
 
     With the batch split by :func:`batch_sharding`, the devices of this process hold a
     contiguous block of examples (for a mesh over ``jax.devices()``, process ``i`` of ``P``
