@@ -22,6 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._orbax import (  # noqa: F401  (sharded, multi-process state: orbax-checkpoint)
+    latest_sharded_step as latest_sharded_step,
+    load_sharded_checkpoint as load_sharded_checkpoint,
+    run_checkpointed_sharded as run_checkpointed_sharded,
+    save_sharded_checkpoint as save_sharded_checkpoint,
+)
+
 _META_KEY = "__grd_meta__"
 
 
