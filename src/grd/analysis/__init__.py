@@ -1,10 +1,15 @@
-"""SGD analysis suite (SPEC §6): spectrum and rank of D, noise scale, directional statistics,
-diffusion maps, limit cycles, recording.
+"""SGD analysis suite (SPEC §6): spectrum and rank of D, its alignment with the Hessian, noise
+scale, directional statistics, diffusion maps, limit cycles, recording.
 
 Every function takes arrays (or pytrees, for :func:`minibatch_gradients`), is pure, and is
 jit-able where its math allows; each docstring gives the formula and the paper it follows.
 """
 
+from grd.analysis.alignment import (
+    HessianAlignment,
+    diffusion_hessian_alignment,
+    subspace_overlap,
+)
 from grd.analysis.diffusion_maps import (
     DiffusionMap,
     IntrinsicDimension,
@@ -52,6 +57,7 @@ __all__ = [
     "Autocorrelation",
     "CurvatureNoiseScale",
     "DiffusionMap",
+    "HessianAlignment",
     "IncrementSpectrum",
     "IntrinsicDimension",
     "NonequilibriumDecomposition",
@@ -60,6 +66,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryRecorder",
     "autocorrelation",
+    "diffusion_hessian_alignment",
     "diffusion_map",
     "gradient_norm_stochasticity",
     "gradient_stochasticity",
@@ -79,6 +86,7 @@ __all__ = [
     "spectrum_along_training",
     "spectrum_table",
     "squared_distances",
+    "subspace_overlap",
     "top_eigenplane",
     "uniform_concentration_baseline",
     "vmf_concentration",
