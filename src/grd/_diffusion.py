@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _validation as val
-from ._lanczos import lanczos_gram, ritz_pairs
+from ._lanczos import lanczos_tridiag, ritz_pairs
 from ._primitives import centred, jvp_values, per_example_map, weighted_grad
 from ._tree import tree_ravel, tree_size
 
@@ -174,10 +174,11 @@ def diffusion_spectrum(
     ``C Cᵀ / N``; eigenvectors ``Cᵀu / √(Nλ)``. Needs the N×d matrix C (N gradients).
     ``method="lanczos"`` (top-k, matrix-free): Lanczos with full reorthogonalisation
     (:func:`grd.lanczos_eigh`'s loop) on ``v ↦ D v`` with ``num_matvecs`` products (default
-    ``min(d, N, max(2k + 10, 30))``); memory O(num_matvecs·d). The forward pass of the
-    per-example losses is linearised once, outside the loop (without ``chunk_size``), so
-    each step costs the linear JVP + VJP of a D·v product and one reorthogonalisation.
-    Measured (benchmarks/results/lanczos.md, float32, 2-core CPU, k = 10, 30 products):
+    ``min(d, N, max(2k + 10, 30))``); memory O(num_matvecs·d). The basis is kept as (m, d)
+    rows in two blocks and reorthogonalised by one Gram–Schmidt pass per step (a second
+    when it cancels); without ``chunk_size`` the per-example losses are linearised once,
+    outside the loop, so a step costs the linear JVP + VJP of a D·v product.
+    Measured (benchmarks/results/lanczos.md, float32, 2-core CPU, k = 10, 30 steps):
     LANCZOS_MEASUREMENT. The call is compiled once per ``(loss_fn, k, num_matvecs)`` and
     shapes: repeated eager calls with the same ``loss_fn`` do not retrace.
 
@@ -265,58 +266,14 @@ def _diffusion_operator(loss_fn, params, batch, chunk_size):
     return matvec
 
 
-def _centre(s):
-    c = s - jnp.mean(s)
-    return c - jnp.mean(c)  # twice: see _primitives.centred
-
-
-def _diffusion_factor(loss_fn, params, batch, chunk_size):
-    """``(x ↦ B x, z ↦ Bᵀ z)`` on flat vectors for ``D = Bᵀ B``, ``B = C/√N`` (SPEC §2).
-
-    ``B x`` is the centred JVP of the per-example losses, ``Bᵀ z`` the VJP with centred
-    weights. Without ``chunk_size`` the losses are linearised once (forward pass hoisted).
-    """
-    flat, unravel = tree_ravel(params)
-    n = val.batch_size(batch)
-    root = jnp.sqrt(jnp.asarray(n, flat.dtype))
-    if chunk_size is None:
-        losses = lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, batch)
-        _, jvp = jax.linearize(losses, params)
-        vjp = jax.linear_transpose(jvp, params)
-
-        def b_mv(x):
-            return (_centre(jvp(unravel(x))) / root).astype(x.dtype)
-
-        def bt_mv(z):
-            w = (_centre(z) / root).astype(z.dtype)
-            return tree_ravel(vjp(w)[0])[0].astype(z.dtype)
-
-        return b_mv, bt_mv
-
-    def b_mv(x):
-        s = jvp_values(loss_fn, params, batch, unravel(x), chunk_size=chunk_size)
-        return (_centre(s) / root).astype(x.dtype)
-
-    def bt_mv(z):
-        w = _centre(z) / root
-        return tree_ravel(weighted_grad(loss_fn, params, batch, w, chunk_size=chunk_size))[0]
-
-    return b_mv, bt_mv
-
-
 @eqx.filter_jit
 def _lanczos_top(loss_fn, params, batch, key, *, m, k, vectors, chunk_size):
-    """Top-k eigenpairs of D by ``m`` Lanczos steps (compiled once per loss_fn, m, k).
-
-    Reorthogonalised in R^N (``lanczos_gram``): each step costs one D·v product.
-    """
+    """Top-k eigenpairs of D by ``m`` Lanczos steps (compiled once per loss_fn, m, k)."""
     flat, _ = tree_ravel(params)
-    r0 = jax.random.normal(key, flat.shape, flat.dtype)
-    b_mv, bt_mv = _diffusion_factor(loss_fn, params, batch, chunk_size)
-    alpha, beta, Q = lanczos_gram(
-        b_mv, bt_mv, r0, m, key=jax.random.fold_in(key, 1), vectors=vectors
-    )
-    lam, V = ritz_pairs(alpha, beta, () if Q is None else (Q,), k, vectors=vectors)
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    matvec = _diffusion_operator(loss_fn, params, batch, chunk_size)
+    alpha, beta, blocks = lanczos_tridiag(matvec, v0, m, key=jax.random.fold_in(key, 1))
+    lam, V = ritz_pairs(alpha, beta, blocks, k, vectors=vectors)
     return jnp.clip(lam, 0.0, None), V
 
 

@@ -1,8 +1,9 @@
 """Lanczos with full reorthogonalisation at the cost of its products (SPEC §2, §6).
 
-One loop serves every symmetric operator of grd (D, the Hessian, the metric): it takes a
-flat ``matvec`` closure and a start vector and returns the tridiagonal matrix ``T`` and the
-basis ``Q`` (``Q A Qᵀ = T`` on the Krylov space). What makes it cheap:
+One loop, :func:`lanczos_tridiag`, serves every symmetric operator of grd (D, the Hessian,
+D from a probe for stochastic Lanczos quadrature): it takes a flat ``matvec`` closure and a
+start vector and returns the tridiagonal matrix ``T`` and the basis ``Q`` (``Q A Qᵀ = T``
+on the Krylov space). What makes it cheap:
 
 - the basis is stored as rows (m, d), in a few blocks: step i of block j projects against
   the finished blocks (loop invariants, never copied) and the current one, so the
@@ -134,92 +135,3 @@ def lanczos_quadrature(alpha, beta):
     T = jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
     theta, S = jnp.linalg.eigh(T)
     return theta, S[0] ** 2
-
-
-def lanczos_gram(b_mv, bt_mv, r0, num_matvecs: int, *, key=None, vectors: bool = True):
-    """Lanczos with full reorthogonalisation on ``A = Bᵀ B``, reorthogonalised in R^N.
-
-    For ``A = Bᵀ B`` (B: N × d; D = CᵀC/N with ``B = C/√N``) every Lanczos vector started in
-    ``range(Bᵀ)`` is ``q_j = Bᵀ y_j``, and the products give ``s_j = B q_j`` for free. The
-    coefficients of the new vector ``w = A q_i = Bᵀ s_i`` on every earlier one are then
-    ``q_jᵀ w = s_jᵀ s_i`` and its projection is ``Bᵀ (s_i − Σ_j h_j y_j)``: the full
-    (classical Gram–Schmidt, applied twice) reorthogonalisation costs O(m·N) per step on the
-    (m, N) arrays Y and S, and no pass over a (m, d) basis. Each step is one JVP (``B q``)
-    and one VJP (``Bᵀ z``): exactly one product. The start vector is ``Bᵀ B r0`` (one more
-    JVP and VJP), so the Krylov space lies in ``range(Bᵀ)``, which holds every eigenvector
-    of A with a non-zero eigenvalue.
-
-    Args:
-      b_mv: ``x ↦ B x``, flat (d,) → (N,).
-      bt_mv: ``z ↦ Bᵀ z``, (N,) → flat (d,).
-      r0: (d,) random vector.
-      num_matvecs: m ≤ rank B + 1 steps are informative; past an invariant subspace the
-        loop restarts with ``B r`` for a fresh random r, orthogonalised.
-      key: PRNG key of the restarts.
-      vectors: keep the (m, d) basis (written once per step, read once at the end).
-
-    Returns:
-      ``(alpha, beta, Q)``: T's diagonal (m,), off-diagonal (m − 1,) and the (m, d) basis
-      (``None`` unless ``vectors``). Past ``rank B`` steps the basis rows are zero and T's
-      rows and columns too (a restart direction below ``√eps·‖A‖`` counts as exhausted).
-    """
-    m = int(num_matvecs)
-    d = r0.shape[0]
-    dtype = r0.dtype
-    key = jax.random.PRNGKey(0) if key is None else key
-    eps = jnp.finfo(dtype).eps
-    y = b_mv(r0)
-    n = y.shape[0]
-    Y = jnp.zeros((m, n), dtype)
-    S = jnp.zeros((m, n), dtype)
-
-    def orth(z, Y, S):
-        for _ in range(2):  # CGS twice: O(m·N)
-            z = z - (S @ z) @ Y
-        return z
-
-    def normalise(z):
-        u = bt_mv(z)
-        b = jnp.linalg.norm(u)
-        safe = jnp.where(b > 0, b, 1.0)
-        return u / safe, z / safe, b
-
-    q, y, b0 = normalise(y)
-    Q = jnp.zeros((m, d), dtype) if vectors else None
-    alpha = jnp.zeros((m,), dtype)
-    beta = jnp.zeros((m,), dtype)
-
-    def body(i, carry):
-        Y, S, Q, alpha, beta, q, y, anorm = carry
-        s = b_mv(q)
-        Y = Y.at[i].set(y)
-        S = S.at[i].set(s)
-        if Q is not None:
-            Q = jax.lax.dynamic_update_slice(Q, q[None], (i, 0))
-        a = jnp.vdot(s, s)
-        z = orth(s, Y, S)
-        u, y_next, b = normalise(z)
-        b_prev = jnp.where(i > 0, beta[jnp.maximum(i - 1, 0)], 0.0)
-        anorm = jnp.maximum(anorm, a + b + b_prev)
-        broke = b <= 8 * eps * anorm
-
-        def restart(_):
-            # a fresh direction of range(Bᵀ) orthogonal to the basis; once range(Bᵀ) is
-            # exhausted (m > rank B) what is left is round-off: continue with q = 0 (zero
-            # rows and columns of T: Ritz values 0 with zero Ritz vectors).
-            r = jax.random.normal(jax.random.fold_in(key, i), (d,), dtype)
-            zr = orth(b_mv(r / jnp.linalg.norm(r)), Y, S)
-            u, yr, br = normalise(zr)
-            keep = br > jnp.sqrt(eps) * anorm
-            return jnp.where(keep, u, 0.0), jnp.where(keep, yr, 0.0)
-
-        q_next, y_next = jax.lax.cond(broke, restart, lambda _: (u, y_next), None)
-        alpha = alpha.at[i].set(a)
-        beta = beta.at[i].set(jnp.where(broke, 0.0, b))
-        return Y, S, Q, alpha, beta, q_next, y_next, anorm
-
-    carry = (Y, S, Q, alpha, beta, q, y, jnp.zeros((), dtype))
-    # B r0 = 0 (e.g. D = 0): the first step breaks down and restarts, T stays 0.
-    _, _, Q, alpha, beta, *_ = jax.lax.fori_loop(0, m, body, carry)
-    del b0
-    return alpha, beta[: m - 1], Q
