@@ -47,6 +47,7 @@ def test_lanczos_eigenpairs_against_gram(problem, k, m):
         assert np.all(res <= 1e-9)
 
 
+@pytest.mark.slow
 def test_lanczos_chunked_matches_unchunked(problem):
     loss_fn, params, batch, _ = problem
     a = grd.diffusion_spectrum(loss_fn, params, batch, 3, method="lanczos", num_matvecs=12)
@@ -93,6 +94,7 @@ def test_repeated_eager_calls_do_not_retrace(problem):
     assert second == third < first, counts
 
 
+@pytest.mark.slow
 def test_lanczos_generic_operator_is_the_hessian(problem):
     """``lanczos_eigh`` on a linearised HVP: top Hessian eigenpairs against dense eigh."""
     loss_fn, params, batch, _ = problem
