@@ -57,6 +57,13 @@ from ._residual import (
     compare_flows as compare_flows,
     grd_residual as grd_residual,
 )
+from ._spectral import (
+    SpectralDensity as SpectralDensity,
+    diffusion_diagonal as diffusion_diagonal,
+    diffusion_spectral_density as diffusion_spectral_density,
+    hessian_spectrum as hessian_spectrum,
+    lanczos_eigh as lanczos_eigh,
+)
 from ._validation import CHECKS_ENABLED as CHECKS_ENABLED
 
 __version__ = "0.1.0"

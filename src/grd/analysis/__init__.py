@@ -1,10 +1,16 @@
-"""SGD analysis suite (SPEC §6): spectrum and rank of D, noise scale, directional statistics,
-diffusion maps, limit cycles, non-equilibrium currents, recording.
+"""SGD analysis suite (SPEC §6, §8): spectrum and rank of D, its alignment with the Hessian,
+noise scale, directional statistics, diffusion maps, limit cycles, non-equilibrium currents,
+recording.
 
 Every function takes arrays (or pytrees, for :func:`minibatch_gradients`), is pure, and is
 jit-able where its math allows; each docstring gives the formula and the paper it follows.
 """
 
+from grd.analysis.alignment import (
+    HessianAlignment,
+    diffusion_hessian_alignment,
+    subspace_overlap,
+)
 from grd.analysis.diffusion_maps import (
     DiffusionMap,
     IntrinsicDimension,
@@ -69,6 +75,7 @@ __all__ = [
     "Autocorrelation",
     "CurvatureNoiseScale",
     "DiffusionMap",
+    "HessianAlignment",
     "IncrementSpectrum",
     "IntrinsicDimension",
     "NonequilibriumDecomposition",
@@ -82,6 +89,7 @@ __all__ = [
     "areal_velocity",
     "autocorrelation",
     "continuous_areal_velocity",
+    "diffusion_hessian_alignment",
     "diffusion_map",
     "eigen_basis",
     "gradient_norm_stochasticity",
@@ -108,6 +116,7 @@ __all__ = [
     "spectrum_table",
     "squared_distances",
     "stationarity",
+    "subspace_overlap",
     "time_reversal_asymmetry",
     "top_eigenplane",
     "uniform_concentration_baseline",
