@@ -11,6 +11,11 @@ from . import (
     models as models,
     sharding as sharding,
 )
+from ._batched import (
+    batched as batched,
+    example_keys as example_keys,
+    per_example as per_example,
+)
 from ._christoffel import (
     christoffel_contract as christoffel_contract,
     christoffel_symbols as christoffel_symbols,
@@ -50,6 +55,7 @@ from ._optim import (
     diffusion_ngd as diffusion_ngd,
     scale_by_diffusion_metric as scale_by_diffusion_metric,
 )
+from ._params import fill_masked as fill_masked
 from ._residual import (
     FlowComparison as FlowComparison,
     compare_flows as compare_flows,

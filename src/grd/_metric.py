@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from . import _validation as val
 from ._diffusion import _diffusion_matvec, _grad_matrix, lambda_max
+from ._params import accepts_any_params
 from ._tree import (
     tree_add,
     tree_add_scale,
@@ -51,6 +52,7 @@ def _metric_apply(loss_fn, params, batch, v, eps, chunk_size=None):
     return tree_add_scale(v, eps, _diffusion_matvec(loss_fn, params, batch, v, chunk_size))
 
 
+@accepts_any_params
 def metric_apply(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
     """``g v = v + ε D v`` (matrix-free: one D·v product)."""
     _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
@@ -213,6 +215,7 @@ def _metric_inverse(
     )
 
 
+@accepts_any_params
 def metric_inverse(
     loss_fn,
     params,
@@ -325,8 +328,9 @@ class DiffusionMetric(eqx.Module):
 
     def diffusion(self, params, v):
         """``D(w) v``."""
-        _, params, batch, v = val.core_inputs(self.loss_fn, params, self.batch, v=v)
-        return _diffusion_matvec(self.loss_fn, params, batch, v, self.chunk_size)
+        from ._diffusion import diffusion_matvec
+
+        return diffusion_matvec(self.loss_fn, params, self.batch, v, chunk_size=self.chunk_size)
 
     def apply(self, params, v):
         """``g(w) v = v + ε D(w) v``."""

@@ -96,6 +96,8 @@ def floating_params(params, *, name: str = "params") -> None:
 
 def scalar_loss(loss_fn, params, batch) -> None:
     """Raise if ``loss_fn(params, example)`` is not a scalar for one example of ``batch``."""
+    if hasattr(loss_fn, "check_output"):  # a batch-coupled loss (grd.batched): (N,) losses
+        return loss_fn.check_output(params, batch)
     example = jax.tree_util.tree_map(lambda x: x[0], batch)
     out = jax.eval_shape(loss_fn, params, example)
     if not hasattr(out, "shape") or out.shape != ():
