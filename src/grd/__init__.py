@@ -50,6 +50,11 @@ from ._metric import (
     metric_apply as metric_apply,
     metric_inverse as metric_inverse,
 )
+from ._operators import (
+    diffusion_operator as diffusion_operator,
+    metric_operator as metric_operator,
+    to_scipy as to_scipy,
+)
 from ._optim import (
     ScaleByDiffusionMetricState as ScaleByDiffusionMetricState,
     diffusion_ngd as diffusion_ngd,

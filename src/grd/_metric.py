@@ -86,6 +86,7 @@ def _check_weak_field(eps, lam_max, method, estimate=None):
 def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=True):
     """Solve ``matvec(x) = b`` for a symmetric positive-definite operator on pytrees.
 
+    ``matvec`` may be a callable or a lineax operator (:func:`grd.metric_operator`).
     Stops when ``‖r‖ ≤ max(rtol·‖b‖, atol)`` or after ``max_steps`` iterations; with
     ``throw=True`` (and value checks on) not converging is an error inside jit, otherwise the
     iteration count tells. Differentiable (implicitly, through ``custom_linear_solve``).
@@ -93,7 +94,7 @@ def conjugate_gradients(matvec, b, *, rtol=1e-6, atol=0.0, max_steps=100, throw=
     Returns:
       ``(x, num_steps)``.
     """
-
+    matvec = getattr(matvec, "mv", matvec)  # a lineax operator
     concrete = all(isinstance(t, int | float) for t in (rtol, atol))  # may be traced (optax)
     if concrete and not (rtol >= 0 and atol >= 0):
         raise ValueError(f"`rtol` and `atol` must be ≥ 0; got rtol={rtol}, atol={atol}.")

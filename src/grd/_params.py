@@ -174,7 +174,7 @@ def accepts_any_params(fn=None, *, guard: bool = False):
         reject_chunking(loss, a.get("chunk_size"))
         out = fn(*bound.args, **bound.kwargs)
         if guard:
-            check_not_constant(loss, params, a["batch"], out)
+            check_not_constant(loss, params, a["batch"], out, a.get("chunk_size"))
         return out
 
     return wrapper
@@ -184,49 +184,33 @@ def accepts_any_params(fn=None, *, guard: bool = False):
 # The constant-loss guard.
 
 
-def check_not_constant(loss_fn, params, batch, result):
+def check_not_constant(loss_fn, params, batch, result, chunk_size=None):
     """Raise if D vanishes because the loss does not depend on the example.
 
     Runs eagerly after ``diffusion_spectrum`` / ``diffusion_trace`` (and so ``lambda_max``)
-    when their result is concrete and small; inside ``jit`` it is skipped. Cost: nothing when
-    the result is clearly non-zero (one comparison), else one forward pass (per-example
-    losses); one more gradient when those are all equal. It fires when (1) every example has
-    the same loss, (2) D is at round-off level relative to the mean gradient (every
-    per-example gradient is the same) and (3) the examples are not all identical. Equal
-    losses with different gradients (a zero-initialised output layer) do not trigger it;
-    nor does a batch of identical examples (D = 0 genuinely).
+    when their result is concrete; inside ``jit`` it is skipped. Cost: one compiled forward
+    pass (the per-example losses), plus one mean gradient only when those are all equal. It
+    fires when (1) every example has the same loss (to 8 ulp), (2) the result is at
+    round-off level, ≤ (64 N eps ‖ḡ‖)², i.e. every per-example gradient is the same, and
+    (3) the examples are not all identical. Equal losses with different gradients (a
+    zero-initialised output layer) do not trigger it (D is then large); nor does a batch of
+    identical examples (D = 0 genuinely).
     """
     from . import _validation as val
     from ._diffusion import Spectrum
-    from ._primitives import mean_weights, per_example_map, weighted_grad
-    from ._tree import tree_dtype, tree_norm
 
     if not val.CHECKS_ENABLED:
         return
     value = result.eigenvalues[0] if isinstance(result, Spectrum) else result
-    if isinstance(value, jax.core.Tracer) or isinstance(batch, jax.core.Tracer):
+    leaves = jax.tree_util.tree_leaves((value, params, batch))
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
         return
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((params, batch))):
+    equal, gbar_norm, identical = _constant_stats(loss_fn, params, batch, chunk_size)
+    if not bool(equal) or bool(identical):
         return
-    value = float(value)
-    from ._batched import example_losses
-
-    losses = example_losses(loss_fn, params, batch, per_example_map, None)
-    losses = losses[0] if isinstance(losses, tuple) else losses
-    dtype = jnp.result_type(losses)
-    eps = float(jnp.finfo(dtype).eps)
-    spread = float(jnp.max(losses) - jnp.min(losses))
-    if spread > 8 * eps * max(float(jnp.max(jnp.abs(losses))), 1e-30):
-        return
-    n = losses.shape[0]
-    gbar = weighted_grad(loss_fn, params, batch, mean_weights(n, tree_dtype(params)))
-    scale = float(tree_norm(gbar))
-    if value > (64 * n * eps * max(scale, 1e-30)) ** 2:
-        return
-    rows_identical = all(
-        bool(jnp.all(x == x[:1])) for x in jax.tree_util.tree_leaves(batch) if jnp.ndim(x) >= 1
-    )
-    if rows_identical:
+    n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    eps = float(jnp.finfo(jnp.result_type(value)).eps)
+    if float(value) > (64 * n * eps * max(float(gbar_norm), 1e-30)) ** 2:
         return
     raise ValueError(
         "D ≡ 0 by construction: every example has the same loss and the same gradient although "
@@ -236,6 +220,30 @@ def check_not_constant(loss_fn, params, batch, result):
         "the whole batch with grd.batched(losses_fn), or use BatchNorm in inference mode "
         "(use_running_average=True). (This eager check is off with GRD_CHECKS=0.)"
     )
+
+
+@eqx.filter_jit
+def _constant_stats(loss_fn, params, batch, chunk_size):
+    """``(losses all equal, ‖ḡ‖ if so else 0, examples all identical)`` in one compiled call."""
+    from ._batched import example_losses
+    from ._primitives import mean_weights, per_example_map, weighted_grad
+    from ._tree import tree_dtype, tree_norm
+
+    losses = example_losses(loss_fn, params, batch, per_example_map, chunk_size)
+    losses = losses[0] if isinstance(losses, tuple) else losses
+    tol = 8 * jnp.finfo(losses.dtype).eps * jnp.maximum(jnp.max(jnp.abs(losses)), 1e-30)
+    equal = jnp.max(losses) - jnp.min(losses) <= tol
+    n = losses.shape[0]
+
+    def gbar_norm():
+        w = mean_weights(n, tree_dtype(params))
+        return tree_norm(weighted_grad(loss_fn, params, batch, w, chunk_size=chunk_size)).astype(
+            losses.dtype
+        )
+
+    norm = jax.lax.cond(equal, gbar_norm, lambda: jnp.zeros((), losses.dtype))
+    identical = jnp.all(jnp.stack([jnp.all(x == x[:1]) for x in jax.tree_util.tree_leaves(batch)]))
+    return equal, norm, identical
 
 
 # --------------------------------------------------------------------------------------------
