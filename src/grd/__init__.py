@@ -66,6 +66,7 @@ from ._residual import (
     compare_flows as compare_flows,
     grd_residual as grd_residual,
 )
+from ._streamed import streamed as streamed
 from ._validation import CHECKS_ENABLED as CHECKS_ENABLED
 
 __version__ = "0.1.0"

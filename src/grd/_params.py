@@ -172,6 +172,15 @@ def accepts_any_params(fn=None, *, guard: bool = False):
                 if a.get(n) is not None:
                     a[n] = filter_like(a[n], mask, name=n)
         reject_chunking(loss, a.get("chunk_size"))
+        from ._streamed import STREAMED, is_streamed
+
+        if is_streamed(a.get("batch")):
+            if fn.__name__ not in STREAMED:
+                raise TypeError(
+                    f"`batch=grd.streamed(...)` is not supported by grd.{fn.__name__}; it is by "
+                    f"{', '.join(sorted(STREAMED))}."
+                )
+            return STREAMED[fn.__name__](**a)
         out = fn(*bound.args, **bound.kwargs)
         if guard:
             check_not_constant(loss, params, a["batch"], out, a.get("chunk_size"))
