@@ -181,12 +181,12 @@ def centred_sq_norms(loss_fn, params, batch, gbar_flat, per_example_map, chunk_s
     if is_batched(loss_fn):
         n = jax.tree_util.tree_leaves(batch)[0].shape[0]
         losses, vjp = jax.vjp(lambda p: loss_fn(p, batch), params)
-        eye = jnp.eye(n, dtype=losses.dtype)
 
-        def sq(row):
+        def sq(a):  # row a of J: the VJP of the unit vector e_a (O(N) memory, not N²)
+            row = jax.nn.one_hot(a, n, dtype=losses.dtype)
             return jnp.sum((tree_ravel(vjp(row)[0])[0] - gbar_flat) ** 2)
 
-        return jax.lax.map(sq, eye)
+        return jax.lax.map(sq, jnp.arange(n))
 
     def sq(ex):
         g = tree_ravel(jax.grad(loss_fn)(params, ex))[0]
