@@ -11,6 +11,11 @@ from . import (
     models as models,
     sharding as sharding,
 )
+from ._batched import (
+    batched as batched,
+    example_keys as example_keys,
+    per_example as per_example,
+)
 from ._christoffel import (
     christoffel_contract as christoffel_contract,
     christoffel_symbols as christoffel_symbols,
@@ -47,11 +52,17 @@ from ._metric import (
     metric_apply as metric_apply,
     metric_inverse as metric_inverse,
 )
+from ._operators import (
+    diffusion_operator as diffusion_operator,
+    metric_operator as metric_operator,
+    to_scipy as to_scipy,
+)
 from ._optim import (
     ScaleByDiffusionMetricState as ScaleByDiffusionMetricState,
     diffusion_ngd as diffusion_ngd,
     scale_by_diffusion_metric as scale_by_diffusion_metric,
 )
+from ._params import fill_masked as fill_masked
 from ._residual import (
     FlowComparison as FlowComparison,
     compare_flows as compare_flows,
@@ -64,6 +75,7 @@ from ._spectral import (
     hessian_spectrum as hessian_spectrum,
     lanczos_eigh as lanczos_eigh,
 )
+from ._streamed import streamed as streamed
 from ._validation import CHECKS_ENABLED as CHECKS_ENABLED
 
 __version__ = "0.1.0"

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _validation as val
+from ._batched import example_hessians_flat
 from ._metric import InverseMethod, _metric_inverse
+from ._params import accepts_any_params
 from ._primitives import centred, jvp_values, per_example_map, weighted_grad, weighted_hvp
 from ._tree import tree_dtype, tree_ravel, tree_scale
 
@@ -36,6 +38,7 @@ def _metric_derivative(loss_fn, params, batch, v, eps, chunk_size=None):
 
 
 @val.message_first
+@accepts_any_params
 def christoffel_contract(
     loss_fn,
     params,
@@ -87,6 +90,7 @@ def christoffel_contract(
 
 
 @val.message_first
+@accepts_any_params
 def metric_derivative_contract(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
     """``½ ∂g(v, v)_k = ½ ∂_k g_ij vⁱ vʲ = ε Cov_a(g_a·v, H_a v)`` (SPEC §4), matrix-free.
 
@@ -99,6 +103,7 @@ def metric_derivative_contract(loss_fn, params, batch, v, eps, *, chunk_size: in
 
 
 @val.message_first
+@accepts_any_params
 def christoffel_symbols(
     loss_fn, params, batch, eps, *, kind: Literal["first", "second"] = "first"
 ) -> jax.Array:
@@ -111,9 +116,7 @@ def christoffel_symbols(
     n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
     eps = val.check_eps(eps, tree_dtype(params))
     flat, unravel = tree_ravel(params)
-    f = lambda w, ex: loss_fn(unravel(w), ex)
-    G = per_example_map(lambda ex: jax.grad(f)(flat, ex), batch, None)
-    Hs = per_example_map(lambda ex: jax.hessian(f)(flat, ex), batch, None)
+    G, Hs = example_hessians_flat(loss_fn, params, batch, per_example_map)
     C = G - jnp.mean(G, axis=0)
     gamma = eps * jnp.einsum("ak,aij->kij", C, Hs) / n
     if kind == "first":

@@ -13,14 +13,18 @@ import jax
 import jax.numpy as jnp
 
 from . import _validation as val
+from ._batched import centred_sq_norms, example_grads, example_losses
 from ._lanczos import lanczos_tridiag, ritz_pairs
+from ._params import accepts_any_params
 from ._primitives import centred, jvp_values, per_example_map, weighted_grad
 from ._tree import tree_ravel, tree_size
 
 
 @val.message_first
+@accepts_any_params
 def per_example_losses(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
-    """The ``(N,)`` vector of per-example losses ``f_a(w)``.
+    """The ``(N,)`` vector of per-example losses ``f_a(w)`` (``(losses, aux)`` for a loss built
+    with ``has_aux=True``).
 
     Args:
       loss_fn: ``loss_fn(params, example) -> scalar``.
@@ -32,10 +36,11 @@ def per_example_losses(loss_fn, params, batch, *, chunk_size: int | None = None)
       ``(N,)`` array.
     """
     val.core_inputs(loss_fn, params, batch, min_size=1)
-    return per_example_map(lambda ex: loss_fn(params, ex), batch, chunk_size)
+    return example_losses(loss_fn, params, batch, per_example_map, chunk_size)
 
 
 @val.message_first
+@accepts_any_params
 def per_example_grads(loss_fn, params, batch, *, chunk_size: int | None = None):
     """Per-example gradients ``g_a = ∇f_a(w)`` as a pytree with a leading axis N.
 
@@ -43,20 +48,17 @@ def per_example_grads(loss_fn, params, batch, *, chunk_size: int | None = None):
     Woodbury inverse, the exact Gram spectrum and for small models.
     """
     val.core_inputs(loss_fn, params, batch, min_size=1)
-    return per_example_map(lambda ex: jax.grad(loss_fn)(params, ex), batch, chunk_size)
+    return example_grads(loss_fn, params, batch, per_example_map, chunk_size)
 
 
 @eqx.filter_jit
 def _grad_matrix(loss_fn, params, batch, chunk_size=None):
     """The ``(N, d)`` matrix of per-example gradients in ``ravel_pytree`` order."""
-
-    def one(ex):
-        return tree_ravel(jax.grad(loss_fn)(params, ex))[0]
-
-    return per_example_map(one, batch, chunk_size)
+    return example_grads(loss_fn, params, batch, per_example_map, chunk_size, flat=True)
 
 
 @val.message_first
+@accepts_any_params
 def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
     """``C``: the ``(N, d)`` matrix of centred per-example gradients ``g_a − ḡ`` (dense)."""
     val.core_inputs(loss_fn, params, batch, min_size=1)
@@ -65,6 +67,7 @@ def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None
 
 
 @val.message_first
+@accepts_any_params
 def diffusion_matvec(loss_fn, params, batch, v, *, chunk_size: int | None = None):
     """Matrix-free diffusion product ``D v = Cov_a(g_a, g_a·v)`` (SPEC §2).
 
@@ -95,6 +98,7 @@ def _diffusion_matvec(loss_fn, params, batch, v, chunk_size=None):
 
 
 @val.message_first
+@accepts_any_params
 def diffusion_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -> jax.Array:
     """Dense ``D = CᵀC / N``, shape ``(d, d)`` in ``ravel_pytree`` order (small d only)."""
     n, params, batch, _ = val.core_inputs(loss_fn, params, batch)
@@ -103,6 +107,7 @@ def diffusion_matrix(loss_fn, params, batch, *, chunk_size: int | None = None) -
 
 
 @val.message_first
+@accepts_any_params(guard=True)
 def diffusion_trace(
     loss_fn,
     params,
@@ -125,12 +130,8 @@ def diffusion_trace(
         weights = jnp.full((n,), 1.0 / n, dtype=val_dtype(params))
         gbar = weighted_grad(loss_fn, params, batch, weights, chunk_size=chunk_size)
         gbar_flat = tree_ravel(gbar)[0]
-
-        def sq(ex):
-            g = tree_ravel(jax.grad(loss_fn)(params, ex))[0]
-            return jnp.sum((g - gbar_flat) ** 2)
-
-        return jnp.mean(per_example_map(sq, batch, chunk_size))
+        sq = centred_sq_norms(loss_fn, params, batch, gbar_flat, per_example_map, chunk_size)
+        return jnp.mean(sq)
     if method == "hutchinson":
         if not (isinstance(num_samples, int) and num_samples >= 1):
             raise ValueError(f"`num_samples` must be an integer ≥ 1; got {num_samples!r}.")
@@ -162,6 +163,7 @@ class Spectrum(NamedTuple):
     eigenvectors: object = None
 
 
+@accepts_any_params(guard=True)
 def diffusion_spectrum(
     loss_fn,
     params,
@@ -307,6 +309,7 @@ def diffusion_rank(
     return jnp.sum(lam > tol)
 
 
+@accepts_any_params
 def lambda_max(loss_fn, params, batch, *, num_matvecs: int = 20, key=None, chunk_size=None):
     """Largest eigenvalue of D by Lanczos (``num_matvecs`` matrix-free products)."""
     d = tree_size(params)

@@ -36,6 +36,7 @@ from . import _validation as val
 from ._christoffel import _christoffel_first, _metric_derivative
 from ._diffusion import diffusion_trace
 from ._metric import InverseMethod, _check_weak_field, _metric_inverse, lambda_max_upper_bound
+from ._params import accepts_any_params
 from ._primitives import mean_weights, weighted_grad, weighted_hvp
 from ._tree import tree_add, tree_dtype, tree_scale
 
@@ -66,7 +67,7 @@ def _mean_hvp(loss_fn, w, batch, v, chunk_size=None):
 class _Field(eqx.Module):
     """Shared configuration of the flow vector fields (a pytree: the batch is a leaf)."""
 
-    loss_fn: Callable = eqx.field(static=True)
+    loss_fn: Callable  # a leaf, not static: a grd loss may hold arrays (grd._params)
     batch: Any
     eps: Any = 0.0
     inverse: str = eqx.field(static=True, default="cg")
@@ -223,6 +224,7 @@ def flow_field(
 
 
 @val.message_first
+@accepts_any_params
 def ngd_velocity(
     loss_fn, params, batch, eps, *, inverse: InverseMethod = "cg", chunk_size=None, **inverse_kwargs
 ):
@@ -298,6 +300,7 @@ def _weak_field_event(loss_fn, batch, eps, second_order, chunk_size):
 
 
 @val.message_first
+@accepts_any_params
 def integrate(
     loss_fn,
     params0,

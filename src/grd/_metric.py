@@ -31,6 +31,7 @@ from ._diffusion import (
     diffusion_trace,
     lambda_max,
 )
+from ._params import accepts_any_params
 from ._tree import (
     tree_add,
     tree_add_scale,
@@ -59,6 +60,7 @@ def _metric_apply(loss_fn, params, batch, v, eps, chunk_size=None):
 
 
 @val.message_first
+@accepts_any_params
 def metric_apply(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
     """``g v = v + ε D v`` (matrix-free: one D·v product)."""
     _, params, batch, v = val.core_inputs(loss_fn, params, batch, v=v)
@@ -148,6 +150,7 @@ def default_cg_rtol(dtype) -> float:
 def conjugate_gradients(matvec, b, *, rtol=None, atol=0.0, max_steps=100, throw=True):
     """Solve ``matvec(x) = b`` for a symmetric positive-definite operator on pytrees.
 
+    ``matvec`` may be a callable or a lineax operator (:func:`grd.metric_operator`).
     Stops when ``‖r‖ ≤ max(rtol·‖b‖, atol)`` or after ``max_steps`` iterations; with
     ``throw=True`` (and value checks on) not converging is an error inside jit, otherwise the
     iteration count tells. Differentiable (implicitly, through ``custom_linear_solve``).
@@ -162,7 +165,7 @@ def conjugate_gradients(matvec, b, *, rtol=None, atol=0.0, max_steps=100, throw=
     Returns:
       ``(x, num_steps)``.
     """
-
+    matvec = getattr(matvec, "mv", matvec)  # a lineax operator
     concrete = all(isinstance(t, int | float) for t in (rtol, atol) if t is not None)
     if concrete and not ((rtol is None or rtol >= 0) and atol >= 0):
         raise ValueError(
@@ -297,6 +300,7 @@ def _metric_inverse(
 
 
 @val.message_first
+@accepts_any_params
 def metric_inverse(
     loss_fn,
     params,
@@ -415,8 +419,9 @@ class DiffusionMetric(eqx.Module):
 
     def diffusion(self, params, v):
         """``D(w) v``."""
-        _, params, batch, v = val.core_inputs(self.loss_fn, params, self.batch, v=v)
-        return _diffusion_matvec(self.loss_fn, params, batch, v, self.chunk_size)
+        from ._diffusion import diffusion_matvec
+
+        return diffusion_matvec(self.loss_fn, params, self.batch, v, chunk_size=self.chunk_size)
 
     def apply(self, params, v):
         """``g(w) v = v + ε D(w) v``."""

@@ -31,6 +31,7 @@ from ._metric import (
     neumann_inverse,
     woodbury_inverse,
 )
+from ._params import optax_inputs, optax_loss_shape, split_params
 from ._primitives import centred
 from ._tree import tree_ravel
 
@@ -65,7 +66,7 @@ class ScaleByDiffusionMetricState(NamedTuple):
 
 
 def _check_loss_fn_output(per_example_loss_fn, params):
-    out = jax.eval_shape(per_example_loss_fn, params)
+    out = optax_loss_shape(per_example_loss_fn, params)
     shape = getattr(out, "shape", None)
     if shape is None or len(shape) != 1:
         raise ValueError(
@@ -176,6 +177,7 @@ def scale_by_diffusion_metric(
         )
 
     def init_fn(params):
+        params = split_params(params)[0]  # the differentiated leaves (None elsewhere)
         flat, unravel = tree_ravel(params)
         u = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
         u = unravel(u / jnp.linalg.norm(u))
@@ -209,6 +211,9 @@ def scale_by_diffusion_metric(
                 "got neither. Pass it through the chain: "
                 "tx.update(grads, state, params, per_example_loss_fn=fn)."
             )
+        per_example_loss_fn, params, updates, per_example_grads, restore = optax_inputs(
+            per_example_loss_fn, params, updates, per_example_grads
+        )
         val.same_structure(updates, params, name="updates")
         flat_g, unravel = tree_ravel(updates)
         dtype = flat_g.dtype
@@ -304,7 +309,7 @@ def scale_by_diffusion_metric(
             eps=eps_t,
             inverse_steps=steps,
         )
-        return out, new_state
+        return restore(out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._batched import is_batched
 from ._tree import tree_add, tree_zeros_like
 
 
@@ -66,21 +67,21 @@ def jvp_values(loss_fn, params, batch, v, *, order: int = 1, chunk_size: int | N
     Returns an ``(N,)`` array. Cost: one JVP (order 1) or two nested JVPs (order 2).
     """
 
-    def f(p, ex):
-        return loss_fn(p, ex)
+    if is_batched(loss_fn):  # one JVP (or two nested) of the batched map w ↦ F(w)
+        return _jvp_order(lambda p: loss_fn(p, batch), params, v, order)
 
     def one(ex):
-        if order == 1:
-            return jax.jvp(lambda p: f(p, ex), (params,), (v,))[1]
-        if order == 2:
-
-            def first(p):
-                return jax.jvp(lambda q: f(q, ex), (p,), (v,))[1]
-
-            return jax.jvp(first, (params,), (v,))[1]
-        raise ValueError(f"order must be 1 or 2; got {order}.")
+        return _jvp_order(lambda p: loss_fn(p, ex), params, v, order)
 
     return per_example_map(one, batch, chunk_size)
+
+
+def _jvp_order(f, params, v, order):
+    if order == 1:
+        return jax.jvp(f, (params,), (v,))[1]
+    if order == 2:
+        return jax.jvp(lambda p: jax.jvp(f, (p,), (v,))[1], (params,), (v,))[1]
+    raise ValueError(f"order must be 1 or 2; got {order}.")
 
 
 def centred(s):
@@ -127,7 +128,10 @@ def weighted_loss(loss_fn, params, batch, weights):
     in that derivative while outer transformations (``jax.grad`` of a D·v product with
     respect to ``params``) still see their dependence on ``w``: no ``stop_gradient`` here.
     """
-    losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
+    if is_batched(loss_fn):
+        losses = loss_fn(params, batch)
+    else:
+        losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
     return jnp.sum(weights.astype(losses.dtype) * losses)
 
 

@@ -24,6 +24,7 @@ from ._christoffel import _metric_derivative
 from ._diffusion import _diffusion_matvec, lambda_max
 from ._flows import _default_inverse_options, _mean_hvp, integrate
 from ._metric import InverseMethod, _metric_inverse
+from ._params import accepts_any_params
 from ._primitives import mean_weights, weighted_loss
 from ._tree import tree_add, tree_axpy, tree_dtype, tree_norm, tree_sub
 
@@ -46,6 +47,7 @@ def _residual(loss_fn, params, batch, v, eps, form, inverse, chunk_size, inverse
 
 
 @val.message_first
+@accepts_any_params
 def grd_residual(
     loss_fn,
     params,
@@ -109,6 +111,7 @@ class FlowComparison(NamedTuple):
 
 
 @val.message_first
+@accepts_any_params
 def compare_flows(
     loss_fn,
     params0,

@@ -97,6 +97,12 @@ def floating_params(params, *, name: str = "params") -> None:
 
 def scalar_loss(loss_fn, params, batch) -> None:
     """Raise if ``loss_fn(params, example)`` is not a scalar for one example of ``batch``."""
+    key = _signature(loss_fn, params, batch)
+    if key is not None and key in _CHECKED:  # no retrace per eager call (grd._params wraps
+        return  # loss_fn in a fresh module per call; eval_shape would trace it each time)
+    if hasattr(loss_fn, "check_output"):  # a batch-coupled loss (grd.batched): (N,) losses
+        loss_fn.check_output(params, batch)
+        return _remember(key)
     example = jax.tree_util.tree_map(lambda x: x[0], batch)
     out = jax.eval_shape(loss_fn, params, example)
     if not hasattr(out, "shape") or out.shape != ():
@@ -110,6 +116,28 @@ def scalar_loss(loss_fn, params, batch) -> None:
             f"`loss_fn(params, example)` must return a floating-point scalar; got dtype "
             f"{out.dtype}. Compute the loss in floating point (it is differentiated)."
         )
+    _remember(key)
+
+
+_CHECKED: dict = {}
+
+
+def _signature(loss_fn, params, batch):
+    """A hashable key of (loss_fn, shapes and dtypes of params and batch), or None."""
+    leaves, treedef = jax.tree_util.tree_flatten((loss_fn, params, batch))
+    sig = tuple((jnp.shape(x), jnp.result_type(x)) if hasattr(x, "shape") else x for x in leaves)
+    try:
+        hash((treedef, sig))
+    except TypeError:
+        return None
+    return treedef, sig
+
+
+def _remember(key):
+    if key is not None:
+        if len(_CHECKED) >= 256:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = True
 
 
 def cast_scalar(x, dtype, *, name: str):

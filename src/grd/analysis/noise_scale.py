@@ -25,6 +25,7 @@ import matfree.stochtrace as stochtrace
 
 from grd import _validation as val
 from grd._diffusion import _diffusion_matvec, centred_grad_matrix, diffusion_trace
+from grd._params import accepts_any_params
 from grd._primitives import mean_weights, weighted_grad, weighted_hvp
 from grd._tree import tree_dtype, tree_ravel, tree_vdot
 
@@ -62,6 +63,7 @@ class CurvatureNoiseScale(NamedTuple):
     curvature: jax.Array
 
 
+@accepts_any_params
 def noise_scale_simple(loss_fn, params, batch, *, chunk_size: int | None = None):
     """Simple gradient noise scale B_simple = tr(D) / |ḡ|² (McCandlish et al. 2018).
 
@@ -92,6 +94,7 @@ def _simple(loss_fn, params, batch, chunk_size):
     return SimpleNoiseScale(tr / g2, tr, g2)
 
 
+@accepts_any_params
 def noise_scale_curvature(
     loss_fn,
     params,
