@@ -16,7 +16,7 @@ from . import _validation as val
 from ._batched import centred_sq_norms, example_grads, example_losses
 from ._lanczos import lanczos_tridiag, ritz_pairs
 from ._params import accepts_any_params
-from ._primitives import centred, jvp_values, per_example_map, weighted_grad
+from ._primitives import batch_losses, centred, jvp_values, per_example_map, weighted_grad
 from ._tree import tree_ravel, tree_size
 
 
@@ -261,7 +261,7 @@ def _diffusion_operator(loss_fn, params, batch, chunk_size):
     """
     flat, unravel = tree_ravel(params)
     if chunk_size is None:
-        losses = lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, batch)
+        losses = lambda p: batch_losses(loss_fn, p, batch)
         _, jvp = jax.linearize(losses, params)
         vjp = jax.linear_transpose(jvp, params)
 

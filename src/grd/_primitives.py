@@ -128,11 +128,15 @@ def weighted_loss(loss_fn, params, batch, weights):
     in that derivative while outer transformations (``jax.grad`` of a D·v product with
     respect to ``params``) still see their dependence on ``w``: no ``stop_gradient`` here.
     """
-    if is_batched(loss_fn):
-        losses = loss_fn(params, batch)
-    else:
-        losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
+    losses = batch_losses(loss_fn, params, batch)
     return jnp.sum(weights.astype(losses.dtype) * losses)
+
+
+def batch_losses(loss_fn, params, batch):
+    """``(f_a(w))_a``, the (N,) vector of losses: vmapped per-example, or a batched loss."""
+    if is_batched(loss_fn):
+        return loss_fn(params, batch)
+    return jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
 
 
 def weighted_grad(loss_fn, params, batch, weights, *, chunk_size: int | None = None):
