@@ -1,4 +1,8 @@
-"""Small models and dense float64 references shared by the core tests."""
+"""Small models and dense float64 references shared by the core tests; the CLI runner."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +74,22 @@ def explicit_metric_christoffel(loss_fn, params, batch, eps):
         jnp.einsum("jki->kij", dg) + jnp.einsum("ikj->kij", dg) - jnp.einsum("ijk->kij", dg)
     )
     return np.asarray(gamma), np.asarray(metric(w0)), np.asarray(dg)
+
+
+def cli_env():
+    """The environment of a ``grd`` subprocess: single-threaded Eigen, no ``GRD_DEBUG``."""
+    env = dict(os.environ)
+    env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    env.pop("GRD_DEBUG", None)
+    return env
+
+
+def run_cli(*args, timeout=600):
+    """``python -m grd.cli *args`` in a subprocess (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "grd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli_env, run_cli
 
 from grd import _reproduce as rp, report
 from grd.cli import main
@@ -22,21 +23,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 TINY = ["reproduce", "--tiny", "--quiet"]
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    env.pop("GRD_DEBUG", None)
-    return env
-
-
-def _run_cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "grd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-    )
+_run_cli = run_cli
 
 
 def _numbers(obj, path="$"):
@@ -363,7 +350,7 @@ def test_killed_run_leaves_no_complete_looking_directory(tmp_path):
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env=cli_env(),
         start_new_session=True,
     )
     try:

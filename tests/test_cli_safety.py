@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli_env, run_cli
 
 from grd import _outdir, _reproduce as rp
 from grd.cli import main
@@ -23,21 +24,7 @@ SCRIPT = Path(__file__).with_name("_reproduce_kill_script.py")
 TINY = ["reproduce", "--tiny", "--quiet", "--sections", "spectrum"]
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    env.pop("GRD_DEBUG", None)
-    return env
-
-
-def _cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "grd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-    )
+_cli = run_cli
 
 
 def _killed_cli(stage, kill_after, *args, timeout=600):
@@ -46,7 +33,7 @@ def _killed_cli(stage, kill_after, *args, timeout=600):
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=cli_env(),
     )
 
 
@@ -181,7 +168,7 @@ def test_refusal_in_a_real_process_is_one_line_before_compute(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=cli_env(),
         cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
@@ -314,7 +301,7 @@ def test_the_terminal_prompt_names_what_would_be_deleted(tmp_path):
         stdin=slave,
         stdout=subprocess.PIPE,
         stderr=slave,
-        env=_env(),
+        env=cli_env(),
     )
     os.close(slave)
     os.write(master, b"n\n")
