@@ -15,12 +15,16 @@ from scipy.linalg import solve_discrete_lyapunov
 
 from grd.analysis import (
     areal_velocity,
+    areal_velocity_batches,
+    compare_rates,
     continuous_areal_velocity,
     eigen_basis,
+    integrated_autocorrelation_time,
     lyapunov_solve,
     pca_basis,
     plane_pairs,
     predicted_areal_velocity,
+    reversible_surrogate,
     rotation_rate,
     sde_temperature,
     sgd_stationary_covariance,
@@ -220,7 +224,7 @@ def test_areal_velocity_momentum_matches_prediction():
     assert np.max(np.abs(np.asarray(pred)[i, j] / se[i, j])) > 5  # the current is resolved
 
 
-def test_time_reversal_asymmetry_lags_and_reversed_null():
+def test_time_reversal_asymmetry_lags_and_reversed_is_an_identity():
     a, q, sig = _nonnormal()
     xs = _simulate(a, q, 100_000, 1, jax.random.key(6))[500:, 0]
     lags = (1, 2, 5)
@@ -231,8 +235,8 @@ def test_time_reversal_asymmetry_lags_and_reversed_null():
         ct = np.linalg.matrix_power(a, lag) @ sig  # E[x_{t+τ} x_tᵀ]
         truth = (ct.T - ct)[0, 1]
         assert abs(float(res.asymmetry[k, 0, 1]) - truth) < 5 * float(res.stderr[k, 0, 1])
-        # Reversal transposes C(τ): the reversed series carries the opposite asymmetry,
-        # equal up to the 2τ edge terms (O(τ/T)).
+        # Reversal transposes C(τ) for ANY series: `reversed` = −asymmetry up to the 2τ edge
+        # terms (O(τ/T)) — an identity (a sign check), not a null.
         np.testing.assert_allclose(res.reversed[k], -res.asymmetry[k], atol=1e-3)
 
 
@@ -322,7 +326,121 @@ def test_accepts_a_recorded_trajectory_store(tmp_path):
         for t, x in enumerate(xs):
             rec.record(t, jnp.asarray(x))
     store = load_trajectory(tmp_path)
-    got = areal_velocity(store, n_batches=8)
-    want = areal_velocity(xs, n_batches=8)
+    got = areal_velocity(store, n_batches=8, check_batches=False)  # 80-step batches: short
+    want = areal_velocity(xs, n_batches=8, check_batches=False)
     np.testing.assert_allclose(got.rate, want.rate, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(got.stderr, want.stderr, rtol=1e-12, atol=1e-15)
+
+
+def test_reversed_is_minus_forward_even_for_a_reversible_series():
+    """The time-reversed statistic is −forward whatever the dynamics: it cannot discriminate."""
+    rng = np.random.default_rng(11)
+    qm, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    a = qm @ np.diag([0.9, 0.6, 0.2]) @ qm.T  # symmetric A, isotropic noise: reversible
+    xs = _simulate(a, np.eye(3), 20_000, 1, jax.random.key(12))[:, 0]
+    res = time_reversal_asymmetry(xs, lags=(1, 3), n_batches=20)
+    # Edge terms: 2τ products of O(var) over T = 20 000 steps, var ≈ 5 → < 1e-2.
+    np.testing.assert_allclose(res.reversed, -res.asymmetry, atol=1e-2)
+
+
+def test_reversible_surrogate_kills_the_current_and_keeps_covariances():
+    """Irreversible (non-normal) process: surrogates have zero-mean rates, same covariances."""
+    a, q, sig = _nonnormal()
+    xs = _simulate(a, q, 16_384 + 500, 1, jax.random.key(13))[500:, 0]
+    rate, se = areal_velocity(xs, n_batches=32)
+    assert abs(float(rate[0, 1] / se[0, 1])) > 10  # the original circulates
+    keys = jax.random.split(jax.random.key(14), 50)
+    surr = jax.vmap(lambda k: reversible_surrogate(xs, k))(keys)  # (100, T, 2)
+    rates, ses = jax.vmap(lambda y: areal_velocity(y, n_batches=32))(surr)
+    z = np.asarray(rates[:, 0, 1] / ses[:, 0, 1])
+    # 50 surrogates: the mean z has sd ≈ 0.14 if rates are zero-mean; 4-sigma bound 0.6. The
+    # original sits > 10 se away, so a surrogate that kept the current would fail by far.
+    assert abs(z.mean()) < 0.6, z.mean()
+    assert 0.6 < z.std() < 1.5
+    # Covariances: the ensemble mean of the surrogates' Σ equals the series' Σ (circular
+    # estimator, exact in expectation; 50 draws of a ~T/2-frequency average: ~1 % noise).
+    yc = np.asarray(xs - xs.mean(0))
+    s0 = yc.T @ yc / yc.shape[0]
+    ss = np.einsum("rti,rtj->ij", np.asarray(surr), np.asarray(surr)) / surr.shape[0] / yc.shape[0]
+    np.testing.assert_allclose(ss, s0, rtol=0.05, atol=0.05 * np.abs(s0).max())
+    # Lag-one: the surrogate's C₁ is the symmetric part of the original's (±5 % of scale).
+    c1 = yc[1:].T @ yc[:-1] / yc.shape[0]
+    sa = np.asarray(surr)
+    c1s = np.einsum("rti,rtj->ij", sa[:, 1:], sa[:, :-1]) / sa.shape[0] / yc.shape[0]
+    np.testing.assert_allclose(c1s, 0.5 * (c1 + c1.T), atol=0.05 * np.abs(c1).max())
+
+
+def _ar1(phi, n, seed):
+    from scipy.signal import lfilter
+
+    e = np.random.default_rng(seed).normal(size=n)
+    return lfilter([1.0], [1.0, -phi], e)[1000:]
+
+
+def test_integrated_autocorrelation_time_ar1_and_short_batch_warning():
+    phi = 0.98  # τ_int = (1 + φ)/(1 − φ) = 99 steps
+    x = _ar1(phi, 101_000, 15)
+    tau = float(integrated_autocorrelation_time(x[:, None])[0])
+    # Sokal window M ≈ 5τ ≈ 500 over T = 1e5: relative sd ≈ √(2(2M + 1)/T) ≈ 0.14; 3 sd.
+    assert abs(tau / 99.0 - 1) < 0.42, tau
+    fast = float(integrated_autocorrelation_time(_ar1(0.0, 21_000, 16)[:, None])[0])
+    assert abs(fast - 1) < 0.2, fast  # white noise: τ_int = 1
+    y = np.stack([x, np.roll(x, 7)], axis=1)  # two slow coordinates, 1e5 steps
+    with pytest.warns(UserWarning, match="integrated autocorrelation time"):
+        areal_velocity(y, n_batches=100)  # batches of 1 000 < 20 × 99
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        areal_velocity(y, n_batches=20)  # batches of 5 000 > 20 × 99 (up to τ error)
+        areal_velocity(y, n_batches=100, check_batches=False)
+
+
+def test_compare_rates_known_answer_and_calibration():
+    """measured = predicted + correlated noise of known covariance: slope 1, F ≈ 1, p uniform."""
+    rng = np.random.default_rng(17)
+    npl, nb, reps = 10, 50, 300
+    pred = rng.normal(size=npl)
+    g = rng.normal(size=(npl, npl))
+    cov = g @ g.T / npl + 0.2 * np.eye(npl)  # strongly correlated planes
+    chol = np.linalg.cholesky(cov)
+    slopes, ses, fs, ps = [], [], [], []
+    for _ in range(reps):
+        batches = pred + rng.normal(size=(nb, npl)) @ chol.T
+        r = compare_rates(batches, pred)
+        slopes.append(float(r.slope))
+        ses.append(float(r.slope_se))
+        fs.append(float(r.f_stat))
+        ps.append(float(r.p_value))
+    zs = (np.array(slopes) - 1) / np.array(ses)
+    # Jackknife error of a linear statistic is exact: z ~ t₄₉ (sd 1.02); 300 reps → sd of the
+    # sample sd ≈ 0.04, of the mean 0.06: 4-5 sigma bounds.
+    assert abs(zs.mean()) < 0.25 and 0.85 < zs.std() < 1.2
+    # F(10, 40) has mean 40/38 = 1.05 and sd ≈ 0.5; mean of 300 draws ± 0.03.
+    assert abs(np.mean(fs) - 40 / 38) < 0.12
+    assert stats.kstest(ps, "uniform").pvalue > 1e-3
+    # A 20 % miscalibrated prediction is detected and its slope recovered.
+    big = 5 * pred  # well resolved against unit noise
+    r = compare_rates(1.2 * big + rng.normal(size=(nb, npl)) @ chol.T, big)
+    assert abs(float(r.slope) - 1.2) < 4 * float(r.slope_se)
+    assert float(r.p_value) < 1e-6
+    # (B, k, k) input with plane selection agrees with the (B, P) form.
+    k = 5
+    i, j = plane_pairs(k)
+    full = np.zeros((nb, k, k))
+    full[:, i, j] = batches
+    full[:, j, i] = -batches
+    pk = np.zeros((k, k))
+    pk[i, j], pk[j, i] = pred, -pred
+    np.testing.assert_allclose(compare_rates(full, pk).chi2, compare_rates(batches, pred).chi2)
+    with pytest.raises(ValueError, match="batches cannot estimate"):
+        compare_rates(batches[:10], pred)
+
+
+def test_areal_velocity_batches_mean_is_the_rate():
+    a, q, _ = _nonnormal()
+    xs = _simulate(a, q, 8_000, 1, jax.random.key(18))[:, 0]
+    bat = areal_velocity_batches(xs, n_batches=20)
+    rate, se = areal_velocity(xs, n_batches=20)
+    np.testing.assert_allclose(np.mean(bat, 0), rate, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.std(bat, 0, ddof=1) / np.sqrt(20), se, rtol=1e-12, atol=1e-15)

@@ -37,6 +37,7 @@ Continuous time. The small-η limit is the SDE dx = −Hx dt + √(2β⁻¹ D) d
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -65,7 +66,9 @@ class TimeReversalAsymmetry(NamedTuple):
       lags: (L,) lags τ.
       asymmetry: (L, k, k) C_ij(τ) − C_ji(τ), C_ij(τ) = mean_t y_{t,i} y_{t+τ,j}.
       stderr: (L, k, k) batch-means standard error of ``asymmetry``.
-      reversed: (L, k, k) the same estimator on the time-reversed series.
+      reversed: (L, k, k) the same estimator on the time-reversed series; identically
+        −``asymmetry`` up to O(τ/T) edge terms (reversal transposes C(τ)), so a sign check, not
+        a null — see :func:`reversible_surrogate` for one.
     """
 
     lags: jax.Array
@@ -162,7 +165,9 @@ def _lagged_batches(y, lag, n_batches):
     return jnp.einsum("bli,blj->bij", y0, y1) / length
 
 
-def areal_velocity(trajectory, basis=None, *, n_batches: int = 32, center: bool = True):
+def areal_velocity(
+    trajectory, basis=None, *, n_batches: int = 32, center: bool = True, check_batches=True
+):
     """Areal velocity a_ij = ½ mean_t (y_{t,i} y_{t+1,j} − y_{t,j} y_{t+1,i}), batch-means errors.
 
     y_t = (x_t − x̄) B are the coordinates of the snapshots in the basis B. The per-step terms
@@ -180,14 +185,93 @@ def areal_velocity(trajectory, basis=None, *, n_batches: int = 32, center: bool 
       n_batches: number of batches for the error, ≥ 2 (default 32).
       center: subtract the time mean x̄ first (default); the rate is then invariant to where
         the minimum is.
+      check_batches: estimate τ_int of every projected coordinate
+        (:func:`integrated_autocorrelation_time`) and warn (``UserWarning``) when a batch is
+        shorter than 20 τ_int, where the errors become optimistic. Skipped under jit/vmap.
 
     Returns:
       :class:`ArealVelocity` ``(rate, stderr)``, each (k, k); ``rate`` is antisymmetric.
     """
     y = _project(trajectory, basis, center)
-    m = _lagged_batches(y, 1, n_batches)  # batch means of y_t y_{t+1}ᵀ
-    a = 0.5 * (m - jnp.swapaxes(m, 1, 2))
+    a = _areal_batches(y, n_batches)
+    if check_batches:
+        _warn_short_batches(y, n_batches, "areal_velocity")
     return ArealVelocity(jnp.mean(a, axis=0), jnp.std(a, axis=0, ddof=1) / np.sqrt(n_batches))
+
+
+def _areal_batches(y, n_batches):
+    m = _lagged_batches(y, 1, n_batches)  # batch means of y_t y_{t+1}ᵀ
+    return 0.5 * (m - jnp.swapaxes(m, 1, 2))
+
+
+def areal_velocity_batches(
+    trajectory, basis=None, *, n_batches: int = 32, center: bool = True, check_batches=True
+):
+    """(n_batches, k, k) per-batch areal velocities; their mean is :func:`areal_velocity`'s rate.
+
+    The input of :func:`compare_rates`: keeping the batch means (rather than only their mean
+    and standard error) keeps the covariance between planes that share an axis. Arguments as
+    in :func:`areal_velocity`.
+    """
+    y = _project(trajectory, basis, center)
+    if check_batches:
+        _warn_short_batches(y, n_batches, "areal_velocity_batches")
+    return _areal_batches(y, n_batches)
+
+
+def integrated_autocorrelation_time(trajectory, basis=None, *, c: float = 5.0, center=True):
+    """(k,) integrated autocorrelation time τ_int of each projected coordinate, in steps.
+
+    τ_int = 1 + 2 Σ_{t=1}^{M} ρ(t), ρ the normalised autocorrelation (by FFT), with Sokal's
+    automatic window: the smallest M with M ≥ c·τ_int(M) (default c = 5). For an AR(1) with
+    coefficient φ, τ_int = (1 + φ)/(1 − φ). Batch means of length L give a variance of the
+    mean that is biased low by ≈ τ_int/L; :func:`areal_velocity` warns when L < 20 τ_int.
+    The areal-velocity summands y_i y'_j decorrelate at least as fast as the slower of the two
+    coordinates, so max(τ_i, τ_j) bounds the plane's correlation time (SPEC §8).
+
+    Args:
+      trajectory: (T, d) snapshots (or a :class:`grd.analysis.Trajectory`).
+      basis: (d, k) orthonormal columns, or ``None``.
+      c: window constant (4–10 is usual).
+      center: subtract the time mean first.
+
+    Returns:
+      (k,) τ_int per coordinate (≥ 1 for positively correlated series).
+    """
+    y = _project(trajectory, basis, center)
+    return _tau_int(y, c)
+
+
+def _tau_int(y, c=5.0):
+    n = y.shape[0]
+    nfft = 1 << int(2 * n - 1).bit_length()
+    f = jnp.fft.rfft(y - jnp.mean(y, axis=0), n=nfft, axis=0)
+    acf = jnp.fft.irfft(jnp.abs(f) ** 2, n=nfft, axis=0)[:n]
+    rho = acf / acf[0]
+    taus = 1.0 + 2.0 * jnp.cumsum(rho[1:], axis=0)  # τ(M) for M = 1 … n − 1
+    m = jnp.arange(1, n, dtype=y.dtype)[:, None]
+    ok = m >= c * taus
+    first = jnp.where(jnp.any(ok, axis=0), jnp.argmax(ok, axis=0), n - 2)
+    return jnp.take_along_axis(taus, first[None, :], axis=0)[0]
+
+
+def _warn_short_batches(y, n_batches, who, factor=20.0):
+    if isinstance(y, jax.core.Tracer):
+        return None
+    length = y.shape[0] // n_batches
+    tau = np.asarray(_tau_int(y))
+    worst = float(np.max(tau))
+    if length < factor * worst:
+        warnings.warn(
+            f"{who}: batches of {length} steps are shorter than {factor:g} × the slowest "
+            f"integrated autocorrelation time τ_int = {worst:.3g} steps (coordinate "
+            f"{int(np.argmax(tau))}); the batch-means standard errors are then biased low "
+            f"(by ≈ τ_int/length ≈ {worst / length:.0%} in variance, more for short series). "
+            "Record a longer trajectory, lower `n_batches`, or drop slow directions from the "
+            "basis; check with grd.analysis.integrated_autocorrelation_time.",
+            stacklevel=3,
+        )
+    return tau
 
 
 def time_reversal_asymmetry(
@@ -197,10 +281,15 @@ def time_reversal_asymmetry(
 
     C_ij(τ) = mean_t y_{t,i} y_{t+τ,j}. For a stationary reversible process
     C(τ) = C(τ)ᵀ at every lag, so the asymmetry vanishes; a probability current makes it
-    nonzero (at τ = 1 it is twice the areal velocity). The same estimator on the time-reversed
-    series, returned as ``reversed``, is the null: reversal maps C(τ) to C(τ)ᵀ, so for a
-    reversible process forward and reversed agree (both ≈ 0) while a current flips the sign
-    (reversed ≈ −asymmetry). Errors by batch means, as in :func:`areal_velocity`.
+    nonzero (at τ = 1 it is twice the areal velocity). Errors by batch means, as in
+    :func:`areal_velocity`.
+
+    ``reversed`` is the same estimator on the time-reversed series. It is **not** a null
+    hypothesis test: reversing the series maps C(τ) to C(τ)ᵀ identically, so ``reversed`` equals
+    −``asymmetry`` up to O(τ/T) edge terms for *every* series, reversible or not; it checks the
+    estimator's sign convention and nothing else. For a null distribution under reversibility use
+    :func:`reversible_surrogate`, which keeps the auto-covariances and the symmetric part of the
+    cross-covariances and removes the antisymmetric part.
 
     Args:
       trajectory: (T, d) snapshots (or a :class:`grd.analysis.Trajectory`).
@@ -262,6 +351,159 @@ def stationarity(trajectory, basis=None, *, n_batches: int = 16, level: float = 
     thr = jnp.asarray(norm.isf(level / (2 * k)), y.dtype)
     mz = jnp.max(jnp.abs(z))
     return Stationarity(drift, se, z, var_ratio, mz, thr, mz < thr)
+
+
+def reversible_surrogate(trajectory, key, basis=None, *, center: bool = True):
+    """A time-reversible surrogate of a multivariate series (the null for a current).
+
+    Multivariate Fourier surrogate with the cross-spectrum symmetrised. With Y(f) the DFT of
+    the (projected, centred) series, the cross-periodogram Y Y* has real part
+    Re Y Re Yᵀ + Im Y Im Yᵀ (the symmetric cross-covariance, even in τ) and imaginary part
+    (the antisymmetric one, odd in τ, which carries the current). The surrogate is
+
+        Z(f) = Re Y(f) · e^{iφ_f} + Im Y(f) · e^{iψ_f},   φ_f, ψ_f i.i.d. uniform,
+
+    the same two phases for every coordinate; so E_φψ[Z Z*] = Re(Y Y*) at every frequency.
+    Averaged over the phases it keeps every auto-covariance and the symmetric part of every
+    cross-covariance (circular, i.e. up to O(τ/T) edge terms) and has C(τ) = C(τ)ᵀ, hence zero
+    areal velocity; a single draw keeps them up to the fluctuation of an average over ~T/2
+    frequencies. Gaussian by construction, so it is a null for *linear* reversible dynamics.
+    The mean (f = 0) and the Nyquist term are kept. O(T k log T).
+
+    Args:
+      trajectory: (T, d) snapshots (or a :class:`grd.analysis.Trajectory`).
+      key: a ``jax.random`` key (vmap over keys for an ensemble of surrogates).
+      basis: (d, k) orthonormal columns, or ``None``.
+      center: subtract the time mean first (default).
+
+    Returns:
+      (T, k) surrogate series, real.
+    """
+    y = _project(trajectory, basis, center)
+    n = y.shape[0]
+    f = jnp.fft.rfft(y, axis=0)  # (n//2 + 1, k)
+    k1, k2 = jax.random.split(key)
+    shape = (f.shape[0], 1)
+    phi = jnp.exp(2j * jnp.pi * jax.random.uniform(k1, shape, dtype=y.dtype))
+    psi = jnp.exp(2j * jnp.pi * jax.random.uniform(k2, shape, dtype=y.dtype))
+    z = jnp.real(f) * phi + jnp.imag(f) * psi
+    keep = jnp.zeros(shape, bool).at[0].set(True)
+    if n % 2 == 0:
+        keep = keep.at[-1].set(True)
+    z = jnp.where(keep, f, z)
+    return jnp.fft.irfft(z, n=n, axis=0)
+
+
+class RateComparison(NamedTuple):
+    """Result of :func:`compare_rates`.
+
+    Attributes:
+      slope: OLS slope of measured on predicted through the origin, Σ m p / Σ p².
+      slope_se: its delete-one-batch jackknife standard error.
+      corr: Pearson correlation of measured and predicted over the planes.
+      corr_se: its jackknife standard error.
+      chi2: Hotelling's T² = rᵀ Ŝ⁻¹ r, r = measured − predicted, Ŝ the batch-means
+        covariance of the measured mean over planes (carries the cross-plane covariance).
+      dof: number of planes P.
+      f_stat: T² (B − P)/(P (B − 1)) ~ F(P, B − P) under "measured = predicted" (≈ 1,
+        the honest χ²/dof with an estimated covariance).
+      p_value: upper tail of that F distribution.
+      z: (P,) per-plane (measured − predicted)/se, se from the batch means.
+      measured: (P,) measured mean rate per plane.
+      stderr: (P,) its batch-means standard error.
+    """
+
+    slope: jax.Array
+    slope_se: jax.Array
+    corr: jax.Array
+    corr_se: jax.Array
+    chi2: jax.Array
+    dof: int
+    f_stat: jax.Array
+    p_value: jax.Array
+    z: jax.Array
+    measured: jax.Array
+    stderr: jax.Array
+
+
+def compare_rates(batch_rates, predicted, planes=None) -> RateComparison:
+    """Measured against predicted areal velocities, with errors that carry the plane covariance.
+
+    Planes that share an axis have correlated errors, so per-plane standard errors alone
+    understate the error of a fit over planes. Here every statistic is computed from the B
+    batch means (:func:`areal_velocity_batches`): the slope (through the origin) and the
+    correlation get delete-one-batch jackknife errors,
+
+        se²_jk(θ) = (B − 1)/B Σ_b (θ_(−b) − θ̄_(·))²,   θ_(−b) from the mean without batch b,
+
+    and the goodness of fit is Hotelling's T² = rᵀ Ŝ⁻¹ r with r = m̄ − p and Ŝ the sample
+    covariance of the batch means over B; under m = p (Gaussian batch means)
+    T² (B − P)/(P(B − 1)) ~ F(P, B − P), reported as ``f_stat`` (≈ 1) and ``p_value``.
+    Needs B > P + 1 batches (B ≥ 2P is advisable: Ŝ is noisy).
+
+    Args:
+      batch_rates: (B, k, k) per-batch rates (planes taken from ``planes`` or all i < j), or
+        (B, P) per-batch rates of P planes.
+      predicted: (k, k) or (P,) predicted rates, matching ``batch_rates``.
+      planes: optional (i, j) index arrays selecting planes from (k, k) inputs; default
+        :func:`plane_pairs`.
+
+    Returns:
+      :class:`RateComparison`.
+    """
+    from scipy.stats import f as f_dist
+
+    r = np.asarray(batch_rates, dtype=float)
+    p = np.asarray(predicted, dtype=float)
+    if r.ndim == 3:
+        if p.shape != r.shape[1:]:
+            raise ValueError(
+                f"`predicted` must have shape {r.shape[1:]} to match `batch_rates`; got {p.shape}."
+            )
+        i, j = plane_pairs(r.shape[1]) if planes is None else planes
+        r, p = r[:, i, j], p[i, j]
+    elif r.ndim != 2 or p.shape != r.shape[1:]:
+        raise ValueError(
+            "`batch_rates` must be (B, k, k) or (B, P) with `predicted` (k, k) or (P,); got "
+            f"{r.shape} and {p.shape}."
+        )
+    nb, npl = r.shape
+    if nb <= npl + 1:
+        raise ValueError(
+            f"{nb} batches cannot estimate the covariance of {npl} planes; need more than "
+            f"{npl + 1} (raise `n_batches` or compare fewer planes)."
+        )
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(p))):
+        raise ValueError("`batch_rates` and `predicted` must be finite.")
+
+    def stats(m):
+        slope = m @ p / (p @ p)
+        corr = np.corrcoef(m, p)[0, 1]
+        return slope, corr
+
+    mean = r.mean(0)
+    slope, corr = stats(mean)
+    loo = (nb * mean[None, :] - r) / (nb - 1)
+    jk = np.array([stats(m) for m in loo])
+    se_jk = np.sqrt((nb - 1) / nb * np.sum((jk - jk.mean(0)) ** 2, axis=0))
+    cov = np.cov(r, rowvar=False, ddof=1) / nb
+    res = mean - p
+    chi2 = float(res @ np.linalg.solve(cov, res))
+    fs = chi2 * (nb - npl) / (npl * (nb - 1))
+    se = np.sqrt(np.diag(cov))
+    return RateComparison(
+        jnp.asarray(slope),
+        jnp.asarray(se_jk[0]),
+        jnp.asarray(corr),
+        jnp.asarray(se_jk[1]),
+        jnp.asarray(chi2),
+        npl,
+        jnp.asarray(fs),
+        jnp.asarray(f_dist.sf(fs, npl, nb - npl)),
+        jnp.asarray(res / se),
+        jnp.asarray(mean),
+        jnp.asarray(se),
+    )
 
 
 def pca_basis(trajectory, k: int):
