@@ -23,8 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import grd  # noqa: E402
-from grd._flows import integrate  # noqa: E402
-from grd._residual import compare_flows  # noqa: E402
+from grd import compare_flows, integrate  # noqa: E402
 from grd.data import load_digits  # noqa: E402
 from grd.models.mlp import init_mlp, mlp_classifier  # noqa: E402
 
