@@ -47,16 +47,7 @@ def load_digits(
         x = (x > 0.5).astype(dtype)
     y = raw.target.astype(np.int32)
     perm = np.random.default_rng(seed).permutation(len(y))
-    x, y = x[perm], y[perm]
-    n_test = int(round(test_fraction * len(y)))
-    test = {"x": x[:n_test], "y": y[:n_test]}
-    x, y = x[n_test:], y[n_test:]
-    if n is not None:
-        if not 1 <= n <= len(y):
-            raise ValueError(f"n must be between 1 and {len(y)}; got {n}.")
-        x, y = x[:n], y[:n]
-    train = {"x": x, "y": y}
-    return train if n_test == 0 else (train, test)
+    return _split(x[perm], y[perm], n, test_fraction)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,16 +110,7 @@ def load_mnist(
         x = x.reshape(-1, side, pool, side, pool).mean(axis=(2, 4)).reshape(-1, side * side)
     x = x.astype(dtype)
     perm = np.random.default_rng(seed).permutation(len(y))
-    x, y = x[perm], y[perm]
-    n_test = int(round(test_fraction * len(y)))
-    test = {"x": x[:n_test], "y": y[:n_test]}
-    x, y = x[n_test:], y[n_test:]
-    if n is not None:
-        if not 1 <= n <= len(y):
-            raise ValueError(f"n must be between 1 and {len(y)}; got {n}.")
-        x, y = x[:n], y[:n]
-    train = {"x": x, "y": y}
-    return train if n_test == 0 else (train, test)
+    return _split(x[perm], y[perm], n, test_fraction)
 
 
 def make_classification(
@@ -152,3 +134,16 @@ def make_classification(
     y = rng.integers(0, num_classes, size=n).astype(np.int32)
     x = (means[y] + rng.normal(size=(n, dim)).astype(dtype)) / np.sqrt(dim).astype(dtype)
     return {"x": x.astype(dtype), "y": y}
+
+
+def _split(x, y, n, test_fraction):
+    """Shuffled (x, y) → train dict (first ``n`` after the test rows), and test dict if any."""
+    n_test = int(round(test_fraction * len(y)))
+    test = {"x": x[:n_test], "y": y[:n_test]}
+    x, y = x[n_test:], y[n_test:]
+    if n is not None:
+        if not 1 <= n <= len(y):
+            raise ValueError(f"n must be between 1 and {len(y)}; got {n}.")
+        x, y = x[:n], y[:n]
+    train = {"x": x, "y": y}
+    return train if n_test == 0 else (train, test)
