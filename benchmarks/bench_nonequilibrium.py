@@ -5,7 +5,7 @@ diffusion matrix D does not commute with the Hessian H the stationary law carrie
 the iterates circulate. This script measures the areal velocity (mean signed area per step,
 :func:`grd.analysis.areal_velocity`, batch-means errors) of long constant-step SGD runs at a
 verified minimum and compares it plane by plane with the exact linearised prediction
-:func:`grd.analysis.predicted_areal_velocity` (SPEC §8):
+:func:`grd.analysis.predicted_areal_velocity` (theory §8):
 
 1. convex: L2-regularised softmax regression on the scikit-learn digits (d = 650), η = 1/h_max,
    b = 32, 10⁶ steps, minibatches drawn with replacement; 28 planes (all pairs of the top-8

@@ -1,4 +1,4 @@
-"""GRD against NGD against GD on the real digits data (SPEC §5).
+"""GRD against NGD against GD on the real digits data (theory §5).
 
 A two-layer flax MLP (64-H-10, tanh) on a few hundred scikit-learn digits. From the same
 start we integrate gradient descent, natural gradient descent ``ẇ = −g⁻¹∇f`` and General

@@ -1,4 +1,4 @@
-"""Contrastive divergence in the diffusion metric: a binary RBM on the binarised digits (SPEC §7).
+"""Contrastive divergence in the diffusion metric: a binary RBM on the binarised digits (theory §7).
 
 A binary RBM with 64 visible and 16 hidden units (few enough that the partition function is an
 exact sum over 2^16 hidden states) is trained on the 8×8 scikit-learn digits thresholded at 0.5,

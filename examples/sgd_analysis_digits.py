@@ -1,6 +1,6 @@
 """SGD through its noise on real data: a reproduction of the shape of three papers' findings.
 
-A tiny fully-connected network (64-H-10, tanh; the "tiny-fc" analogue of SPEC §6) is trained
+A tiny fully-connected network (64-H-10, tanh; the "tiny-fc" analogue of theory §6) is trained
 on the scikit-learn digits with plain constant-step SGD (optax.sgd, epoch-wise reshuffled
 minibatches of size b). The trajectory is recorded with :class:`grd.analysis.TrajectoryRecorder`
 and analysed with :mod:`grd.analysis`:

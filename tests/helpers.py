@@ -42,7 +42,7 @@ def flat(tree):
 
 
 def pair_form_diffusion(loss_fn, params, batch):
-    """SPEC §2 pair form: D = (1/N²) Σ_{a<b} (g_a − g_b)(g_a − g_b)ᵀ = JᵀJ/N² (test oracle)."""
+    """theory §2 pair form: D = (1/N²) Σ_{a<b} (g_a − g_b)(g_a − g_b)ᵀ = JᵀJ/N² (test oracle)."""
     w0, unravel = ravel_pytree(params)
     n = jax.tree_util.tree_leaves(batch)[0].shape[0]
     ia, ib = np.triu_indices(n, 1)

@@ -1,4 +1,4 @@
-"""Christoffel symbols of the diffusion metric (SPEC §4) against the explicit metric."""
+"""Christoffel symbols of the diffusion metric (theory §4) against the explicit metric."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""Diffusion matrix D(w): oracles of SPEC §2 in float64, chunking, transforms, float32."""
+"""Diffusion matrix D(w): oracles of theory §2 in float64, chunking, transforms, float32."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of grd._flows and grd._residual (SPEC §5) against closed forms and dense float64 oracles.
+"""Tests of grd._flows and grd._residual (theory §5) against closed forms and dense float64 oracles.
 
 Compiles dominate the run time, so the ODE tests share one tiny MLP, one ``loss_fn`` object,
 one set of saved times and one tolerance: diffrax's compiled solves are then reused

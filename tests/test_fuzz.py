@@ -1,7 +1,7 @@
-"""Fuzzing (issue 9): the SPEC identities on random models, and the CLI on random arguments.
+"""Fuzzing (issue 9): the identities of the theory page on random models, and the CLI on random arguments.
 
 Random models: depth 1–3, width 1–6, activation tanh/relu/softplus/sin, squared-error or
-cross-entropy loss, parameters as nested dicts, lists or tuples; every identity of SPEC
+cross-entropy loss, parameters as nested dicts, lists or tuples; every identity of the theory page
 §2–§4 is checked in float64 against an independent oracle (pair form, explicit metric,
 finite differences, numpy). Few examples per test: compilation dominates the cost.
 
@@ -90,8 +90,8 @@ FUZZ = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.
 @settings(max_examples=4, **FUZZ)
 @given(models(), st.sampled_from([0.05, 0.7, 5.0]))
 def test_spec_identities_on_random_models(model, eps):
-    """SPEC §2: D·v = dense D v = pair form, D PSD, tr D = Σλ, chunked = unchunked.
-    SPEC §3: g·(g⁻¹v) = v for CG and Woodbury."""
+    """theory §2: D·v = dense D v = pair form, D PSD, tr D = Σλ, chunked = unchunked.
+    theory §3: g·(g⁻¹v) = v for CG and Woodbury."""
     loss_fn, params, batch, v, n = model
     D = np.asarray(grd.diffusion_matrix(loss_fn, params, batch))
     np.testing.assert_allclose(D, pair_form_diffusion(loss_fn, params, batch), atol=TOL64)
@@ -117,7 +117,7 @@ def test_spec_identities_on_random_models(model, eps):
 @settings(max_examples=3, **FUZZ)
 @given(models(), st.sampled_from([0.1, 2.0]))
 def test_christoffel_identities_on_random_models(model, eps):
-    """SPEC §4: Γ_first(v,v) = the explicit metric's Γ contracted with v twice;
+    """theory §4: Γ_first(v,v) = the explicit metric's Γ contracted with v twice;
     ½∂g(v,v)·u = ½ d/dt vᵀ g(w + t u) v (central differences); chunked = unchunked."""
     loss_fn, params, batch, v, n = model
     w0, unravel = ravel_pytree(params)

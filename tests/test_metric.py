@@ -1,4 +1,4 @@
-"""Diffusion metric g = I + εD and its four inverses (SPEC §3), float64 oracles."""
+"""Diffusion metric g = I + εD and its four inverses (theory §3), float64 oracles."""
 
 import equinox as eqx
 import jax

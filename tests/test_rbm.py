@@ -1,4 +1,4 @@
-"""Tests for grd.models.rbm against float64 brute-force enumeration (SPEC.md §7)."""
+"""Tests for grd.models.rbm against float64 brute-force enumeration (theory §7)."""
 
 import itertools
 import time

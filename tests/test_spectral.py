@@ -1,5 +1,5 @@
 """Spectral density (stochastic Lanczos quadrature) and diagonal of D against dense float64
-references (SPEC §2, §6)."""
+references (theory §2, §6)."""
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,7 @@ would take for a heading. This rewrites, in every docstring as it is loaded:
 
 - ``:func:`x```, ``:class:`x```, ``:meth:`x```, ``:mod:`x```, ``:attr:`x``` → ``x`` in code;
 - a line whose first non-blank character is ``#`` → the ``#`` escaped;
-- ``SPEC §n`` (the code's name for the mathematics) → a link to section n of the theory page
+- ``theory §n`` (the code's name for section n of docs/theory.md) → a link to section n of the theory page
   (every API page is ``api/<name>.md``, hence ``../theory.md``).
 
 The source files are not changed.
@@ -20,7 +20,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
 _HASH = re.compile(r"^(\s*)#", flags=re.M)
-_SPEC = re.compile(r"SPEC(?:\.md)? §(\d)")
+_THEORY = re.compile(r"(?<!\[)theory §(\d)")
 
 
 class MarkdownDocstrings(griffe.Extension):
@@ -29,4 +29,4 @@ class MarkdownDocstrings(griffe.Extension):
             return
         text = _ROLE.sub(lambda m: f"`{m.group(1)}`", obj.docstring.value)
         text = _HASH.sub(r"\1\\#", text)
-        obj.docstring.value = _SPEC.sub(r"[theory §\1](../theory.md#sec-\1)", text)
+        obj.docstring.value = _THEORY.sub(r"[theory §\1](../theory.md#sec-\1)", text)

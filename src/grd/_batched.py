@@ -10,7 +10,7 @@ each example with ``jax.vmap``. Two wrappers widen that:
 For a batch-coupled map ``F(w) = (f_1(w), …, f_N(w))`` the "per-example gradients" are the rows
 of its Jacobian ``J = ∂F/∂w`` (N×d), and ``D = Cov_a(J_a, J_a) = Jᵀ(I − 11ᵀ/N)J / N``: with
 ``s = J v`` (one JVP) ``D v = Jᵀ centred(s)`` (one VJP) — exact, and the same primitive as the
-per-example path (SPEC §2).
+per-example path (theory §2).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def batched(losses_fn, *, has_aux: bool = False) -> Batched:
 
         D = (1/N) Jᵀ (I − 11ᵀ/N) J,     D v = Jᵀ (s − s̄)/N  with  s = J v
 
-    (one JVP and one VJP of the batched forward pass, exact; SPEC §2).
+    (one JVP and one VJP of the batched forward pass, exact; theory §2).
 
     ``chunk_size`` is rejected with a batched loss: a chunk of the batch is a different
     batch (BatchNorm would normalise over the chunk), so chunking would change D. Memory is

@@ -1,4 +1,4 @@
-"""Christoffel symbols of the diffusion metric (SPEC §4).
+"""Christoffel symbols of the diffusion metric (theory §4).
 
 The metric ``g = I + ε D`` is the pull-back of the Euclidean metric by
 ``w ↦ (w, √c f̂(w))``, ``c = ε/N²``, with ``f̂ = (f_a − f_b)_{a<b}``. Its symbols of the first
@@ -51,7 +51,7 @@ def christoffel_contract(
     chunk_size: int | None = None,
     **inverse_kwargs,
 ):
-    """Matrix-free contraction ``Γ(v, v)`` of the Christoffel symbols with a vector (SPEC §4).
+    """Matrix-free contraction ``Γ(v, v)`` of the Christoffel symbols with a vector (theory §4).
 
     First kind: ``Γ_first(v, v)_k = ε Cov_a(vᵀH_a v, g_a[k]) = ε ∇_w (1/N) Σ_a (q_a − q̄) f_a(w)``
     with ``q_a = vᵀ H_a v`` from forward-over-forward JVPs and the weights held fixed.
@@ -92,7 +92,7 @@ def christoffel_contract(
 @val.message_first
 @accepts_any_params
 def metric_derivative_contract(loss_fn, params, batch, v, eps, *, chunk_size: int | None = None):
-    """``½ ∂g(v, v)_k = ½ ∂_k g_ij vⁱ vʲ = ε Cov_a(g_a·v, H_a v)`` (SPEC §4), matrix-free.
+    """``½ ∂g(v, v)_k = ½ ∂_k g_ij vⁱ vʲ = ε Cov_a(g_a·v, H_a v)`` (theory §4), matrix-free.
 
     One Hessian-vector product, along ``v``, of the weighted loss ``(1/N) Σ_a (s_a − s̄) f_a``
     with ``s_a = g_a·v`` held fixed. Cost ≈ three gradients; memory O(d + N).

@@ -1,6 +1,6 @@
 """The diffusion matrix D(w) of SGD: per-example quantities, matrix-free products, spectrum.
 
-``D(w) = (1/N) Σ_a g_a g_aᵀ − ḡ ḡᵀ = (1/N) CᵀC`` (SPEC §2), the covariance over examples of
+``D(w) = (1/N) Σ_a g_a g_aᵀ − ḡ ḡᵀ = (1/N) CᵀC`` (theory §2), the covariance over examples of
 the per-example gradients ``g_a = ∇f_a(w)``; ``C`` is the N×d matrix of centred gradients.
 """
 
@@ -69,7 +69,7 @@ def centred_grad_matrix(loss_fn, params, batch, *, chunk_size: int | None = None
 @val.message_first
 @accepts_any_params
 def diffusion_matvec(loss_fn, params, batch, v, *, chunk_size: int | None = None):
-    """Matrix-free diffusion product ``D v = Cov_a(g_a, g_a·v)`` (SPEC §2).
+    """Matrix-free diffusion product ``D v = Cov_a(g_a, g_a·v)`` (theory §2).
 
     With ``s_a = g_a·v`` (one JVP of w ↦ (f_a(w))_a), ``D v = ∇_w (1/N) Σ_a (s_a − s̄) f_a(w)``
     with the weights held fixed (one VJP). No per-example gradient is stored.
@@ -118,7 +118,7 @@ def diffusion_trace(
     key=None,
     chunk_size: int | None = None,
 ) -> jax.Array:
-    """``tr D = (1/N) Σ_a |g_a − ḡ|²`` (SPEC §2).
+    """``tr D = (1/N) Σ_a |g_a − ḡ|²`` (theory §2).
 
     ``method="exact"`` computes per-example gradient norms in two passes (mean gradient,
     then centred norms; chunked, never storing N×d numbers when ``chunk_size`` is set).
@@ -176,7 +176,7 @@ def diffusion_spectrum(
     return_eigenvectors: bool = False,
     chunk_size: int | None = None,
 ) -> Spectrum:
-    """Eigenvalues of D in descending order (SPEC §2).
+    """Eigenvalues of D in descending order (theory §2).
 
     ``method="gram"`` (exact): the non-zero eigenvalues of D are those of the N×N Gram matrix
     ``C Cᵀ / N``; eigenvectors ``Cᵀu / √(Nλ)``. Needs the N×d matrix C (N gradients).
@@ -256,7 +256,7 @@ def _diffusion_operator(loss_fn, params, batch, chunk_size):
 
     Without chunking, ``w ↦ (f_a(w))_a`` is linearised at ``params`` (one forward pass,
     residuals of O(N · activations)): each product is then the linear JVP ``s = J x``
-    and the transpose ``Jᵀ c(s)`` with centred weights ``c`` (SPEC §2). With ``chunk_size``
+    and the transpose ``Jᵀ c(s)`` with centred weights ``c`` (theory §2). With ``chunk_size``
     the residuals of the whole batch would defeat the memory bound: the streamed product.
     """
     flat, unravel = tree_ravel(params)
@@ -291,7 +291,7 @@ def _lanczos_top(loss_fn, params, batch, key, *, m, k, vectors, chunk_size):
 def diffusion_rank(
     eigenvalues, d: int, *, threshold: Literal["relative", "absolute"] = "relative", atol=None
 ):
-    """Numerical rank of D from its eigenvalues (SPEC §6).
+    """Numerical rank of D from its eigenvalues (theory §6).
 
     ``threshold="relative"``: count of λ > λ_max · d · eps_float32 (Chaudhari & Soatto);
     ``"absolute"``: count of λ > ``atol``. The relative threshold cannot tell D = 0 from

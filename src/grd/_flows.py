@@ -1,4 +1,4 @@
-"""Gradient flows as diffrax terms: GD, NGD, GRD, second-order NGD and SGD as an SDE (SPEC §5).
+"""Gradient flows as diffrax terms: GD, NGD, GRD, second-order NGD and SGD as an SDE (theory §5).
 
 First-order flows (``gd``, ``ngd``, ``sgd_sde``) evolve the parameters ``w`` alone; second-order
 flows (``grd``, ``ngd2``) evolve the phase-space pair ``(w, v)`` with ``v = ẇ``:
@@ -328,7 +328,7 @@ def integrate(
     chunk_size: int | None = None,
     **diffeqsolve_kwargs,
 ) -> diffrax.Solution:
-    """Integrate a gradient flow of the mean loss from ``params0`` (SPEC §5) with diffrax.
+    """Integrate a gradient flow of the mean loss from ``params0`` (theory §5) with diffrax.
 
     Args:
       loss_fn: per-example loss ``loss_fn(params, example) -> scalar``.

@@ -1,4 +1,4 @@
-"""Lanczos with full reorthogonalisation at the cost of its products (SPEC §2, §6).
+"""Lanczos with full reorthogonalisation at the cost of its products (theory §2, §6).
 
 One loop, :func:`lanczos_tridiag`, serves every symmetric operator of grd (D, the Hessian,
 D from a probe for stochastic Lanczos quadrature): it takes a flat ``matvec`` closure and a

@@ -1,4 +1,4 @@
-"""The diffusion metric ``g = I + ε D(w)`` and its inverse (SPEC §3).
+"""The diffusion metric ``g = I + ε D(w)`` and its inverse (theory §3).
 
 g is positive definite for every ε ≥ 0. The inverse comes in four forms:
 
@@ -318,7 +318,7 @@ def metric_inverse(
     chunk_size: int | None = None,
     return_info: bool = False,
 ):
-    """``g⁻¹ v`` with ``g = I + ε D(w)`` (SPEC §3).
+    """``g⁻¹ v`` with ``g = I + ε D(w)`` (theory §3).
 
     Args:
       loss_fn, params, batch: as in :func:`grd.diffusion_matvec`.
@@ -368,7 +368,7 @@ def metric_inverse(
 
 
 class DiffusionMetric(eqx.Module):
-    """The diffusion metric ``g(w) = I + ε D(w)`` of a loss on a batch (SPEC §3).
+    """The diffusion metric ``g(w) = I + ε D(w)`` of a loss on a batch (theory §3).
 
     A small immutable pytree: it passes through ``jax.jit`` unchanged. Build it with an
     absolute ε, or with :meth:`relative` for ``ε = c / λ_max(D(w₀))``.

@@ -5,7 +5,7 @@
 :mod:`grd._params`), tagged symmetric and positive semidefinite (g also positive definite in
 fact), so lineax's solvers (``lx.CG``, ``lx.linear_solve``), :func:`grd.conjugate_gradients`
 and :func:`to_scipy` (``scipy.sparse.linalg.eigsh``, ``cg``, ``minres``) all accept them.
-Each ``mv`` is one matrix-free product (one JVP + one VJP, SPEC §2).
+Each ``mv`` is one matrix-free product (one JVP + one VJP, theory §2).
 
 **lineax's CG in float32.** ``lx.CG`` (lineax 0.1.1) replaces the step length by NaN unless
 ``pᵀAp > 100 · (2 · eps · d) · rᵀr``: a breakdown test scaled by the dimension d. For
@@ -38,7 +38,7 @@ def _structure(params):
 
 @accepts_any_params
 def diffusion_operator(loss_fn, params, batch, *, chunk_size: int | None = None):
-    """The diffusion matrix ``D(w)`` (SPEC §2) as a lineax operator on the params pytree.
+    """The diffusion matrix ``D(w)`` (theory §2) as a lineax operator on the params pytree.
 
     ``op.mv(v) = D v = Cov_a(g_a, g_a·v)`` (one JVP + one VJP; :func:`grd.diffusion_matvec`),
     tagged symmetric and positive semidefinite. Its input and output structure is the
@@ -63,7 +63,7 @@ def diffusion_operator(loss_fn, params, batch, *, chunk_size: int | None = None)
 
 @accepts_any_params
 def metric_operator(loss_fn, params, batch, eps, *, chunk_size: int | None = None):
-    """The diffusion metric ``g = I + ε D(w)`` (SPEC §3) as a lineax operator.
+    """The diffusion metric ``g = I + ε D(w)`` (theory §3) as a lineax operator.
 
     ``op.mv(v) = v + ε D v`` (one D·v product), tagged symmetric and positive semidefinite
     (g is positive definite for ε ≥ 0, with condition number ``1 + ε λ_max``). Solve

@@ -1,7 +1,7 @@
 """Natural-gradient descent in the diffusion metric, as optax gradient transformations.
 
 ``scale_by_diffusion_metric`` preconditions the incoming updates (a mean minibatch gradient)
-by the inverse of the diffusion metric ``g = I + ε D`` of the current minibatch (SPEC §3);
+by the inverse of the diffusion metric ``g = I + ε D`` of the current minibatch (theory §3);
 ``diffusion_ngd`` chains it with a learning-rate scale. The per-example information arrives
 as an optax *extra argument* of ``update``:
 
@@ -108,7 +108,7 @@ def _loss_fn_matvec(per_example_loss_fn, params):
     """``v ↦ D v`` from the vector map ``w ↦ (f_a(w))_a``, linearised once at ``params``.
 
     ``D v = Jᵀ centred(J v)``: one JVP (``s = J v``) and one transposed product with the
-    centred weights ``(s − s̄)/N`` (SPEC §2).
+    centred weights ``(s − s̄)/N`` (theory §2).
     """
     _, jvp_fn = jax.linearize(per_example_loss_fn, params)
     vjp_fn = jax.linear_transpose(jvp_fn, params)
@@ -331,8 +331,8 @@ def diffusion_ngd(
     r"""Natural-gradient descent in the diffusion metric of SGD.
 
     The step is ``w ← w − η g(w)⁻¹ ∇f(w)`` with the diffusion metric ``g = I + ε D(w)``
-    (SPEC §3), where ``D = Cov_a(g_a, g_a) = CᵀC/N`` is the covariance of the per-example
-    gradients of the current minibatch (the diffusion matrix of SGD, SPEC §2). Directions in
+    (theory §3), where ``D = Cov_a(g_a, g_a) = CᵀC/N`` is the covariance of the per-example
+    gradients of the current minibatch (the diffusion matrix of SGD, theory §2). Directions in
     which the minibatch gradients disagree (large gradient noise) are shrunk by up to
     ``1/(1 + ε λ)``; directions without noise (``ker D``) are left as in SGD. ε = 0 is SGD.
 
@@ -411,7 +411,7 @@ def diffusion_ngd(
       extra arguments ``per_example_loss_fn`` or ``per_example_grads``.
 
     References:
-      SPEC.md §2–3; Amari, *Natural gradient works efficiently in learning* (1998);
+      theory §2–3; Amari, *Natural gradient works efficiently in learning* (1998);
       Chaudhari & Soatto, *Stochastic gradient descent performs variational inference* (2018).
     """
     return optax.chain(

@@ -5,7 +5,7 @@ Every matrix-free product of grd is a covariance over examples of a per-example 
 
     Cov_a(s_a, g_a) = ∇_w [ (1/N) Σ_a (s_a − s̄) f_a(w) ]           (weights held fixed)
 
-(SPEC §2, §4). Centring the weights first is the two-pass form of the covariance: it avoids
+(theory §2, §4). Centring the weights first is the two-pass form of the covariance: it avoids
 the cancellation of E[s g] − E[s] E[g] in float32. The functions here stream the batch in
 chunks of ``chunk_size`` examples (full chunks sliced in place inside a scan, the remainder
 in one more call: exact), so working memory is bounded by the chunk and not by N.

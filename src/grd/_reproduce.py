@@ -7,11 +7,11 @@ One run on the bundled digits data (no download):
    at the checkpoints (fractions of training).
 2. **spectrum** — at every checkpoint the exact spectrum of D (Gram form), its rank under
    the relative and absolute thresholds, ``tr D``, ``|ḡ|²`` and the noise scale
-   ``B_simple = tr D / |ḡ|²`` (SPEC §2, §6).
+   ``B_simple = tr D / |ḡ|²`` (theory §2, §6).
 3. **directional** — vMF concentration of minibatch-gradient directions against the uniform
    baseline ``p/√n``, gradient (norm) stochasticity (Lee, Cho & Kang).
 4. **flows** — GD, NGD and GRD integrated from a checkpoint for several ε; distance between
-   GRD and NGD, the residual ``R`` along GRD, losses (SPEC §5).
+   GRD and NGD, the residual ``R`` along GRD, losses (theory §5).
 5. **limit_cycles** — FFT and autocorrelation of the per-step increments of a long
    constant-step SGD run, against a time-shuffled surrogate (Chaudhari & Soatto).
 6. **diffusion_map** — diffusion-map embedding and intrinsic dimension of the recorded

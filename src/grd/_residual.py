@@ -1,4 +1,4 @@
-"""How far General Relativity Descent is from its claimed first-order limit, NGD (SPEC §5).
+"""How far General Relativity Descent is from its claimed first-order limit, NGD (theory §5).
 
 At the same state ``(w, ẇ)`` the GRD acceleration minus the NGD acceleration (the time
 derivative of ``ẇ = −g⁻¹∇f``) is
@@ -60,7 +60,7 @@ def grd_residual(
     chunk_size: int | None = None,
     **inverse_kwargs,
 ):
-    """The GRD–NGD acceleration gap ``R`` at the state ``(w, ẇ) = (params, v)`` (SPEC §5).
+    """The GRD–NGD acceleration gap ``R`` at the state ``(w, ẇ) = (params, v)`` (theory §5).
 
     ``form="exact"``: ``R = (g⁻¹ − I) H ẇ + ½ g⁻¹ ∂g(ẇ, ẇ)`` with the inverse ``inverse``.
     ``form="first_order"``: ``R₁ = ε [D ẅ + ½ ∇_w(ẇᵀ D ẇ)]`` with ``ẅ = −H ẇ``;

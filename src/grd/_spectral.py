@@ -1,5 +1,5 @@
 """Spectral tools beyond the top of D: a generic Lanczos, the Hessian's top eigenpairs, the
-spectral density of D (stochastic Lanczos quadrature) and the diagonal of D (SPEC §2, §6).
+spectral density of D (stochastic Lanczos quadrature) and the diagonal of D (theory §2, §6).
 
 All matrix-free: O(m·d) memory for m Lanczos steps, nothing d×d or N×d unless the batch is
 vmapped whole (set ``chunk_size`` to bound the per-example work).
@@ -193,7 +193,7 @@ def diffusion_spectral_density(
     sigma=None,
     chunk_size: int | None = None,
 ) -> SpectralDensity:
-    """Spectral density of D by stochastic Lanczos quadrature (SPEC §2, §6).
+    """Spectral density of D by stochastic Lanczos quadrature (theory §2, §6).
 
     For a unit probe v (normalised Rademacher), ``vᵀ f(D) v = ∫ f dμ_v`` with
     ``μ_v = Σ_i (v·u_i)² δ_{λ_i}``, and ``E[μ_v] = μ = (1/d) Σ_i δ_{λ_i}``. m Lanczos steps from v
@@ -254,7 +254,7 @@ def diffusion_diagonal(
     key=None,
     chunk_size: int | None = None,
 ):
-    """The diagonal of D, ``D_ii = (1/N) Σ_a (g_a − ḡ)_i²`` (SPEC §2), as a pytree like params.
+    """The diagonal of D, ``D_ii = (1/N) Σ_a (g_a − ḡ)_i²`` (theory §2), as a pytree like params.
 
     ``method="exact"``: two passes (the mean gradient ḡ, then the squared centred
     per-example gradients summed over the batch); with ``chunk_size`` the per-example

@@ -1,4 +1,4 @@
-"""Tests of grd.analysis.nonequilibrium: float64 oracles from linear processes (SPEC §8).
+"""Tests of grd.analysis.nonequilibrium: float64 oracles from linear processes (theory §8).
 
 Oracles: the brute-force Kronecker solve of the phase-space discrete Lyapunov equation, the
 closed form (η/2)[H, Σ], the lagged covariances AᵗΣ of a linear process simulated here with

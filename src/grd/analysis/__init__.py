@@ -1,4 +1,4 @@
-"""SGD analysis suite (SPEC §6, §8): spectrum and rank of D, its alignment with the Hessian,
+"""SGD analysis suite (theory §6, §8): spectrum and rank of D, its alignment with the Hessian,
 noise scale, directional statistics, diffusion maps, limit cycles, non-equilibrium currents,
 recording.
 

@@ -1,4 +1,4 @@
-"""Alignment of the top eigenspaces of the diffusion matrix D and of the Hessian H (SPEC §6).
+"""Alignment of the top eigenspaces of the diffusion matrix D and of the Hessian H (theory §6).
 
 Near a minimum of a loss that is a negative log-likelihood, the covariance of the
 per-example gradients approaches the Fisher information, and the Fisher approaches the

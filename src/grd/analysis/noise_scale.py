@@ -1,8 +1,8 @@
-"""Gradient noise scale and SGD temperature (SPEC §5, §6).
+"""Gradient noise scale and SGD temperature (theory §5, §6).
 
 McCandlish, Kaplan, Amodei et al., "An empirical model of large-batch training",
 arXiv:1812.06162 (2018), section 2 and appendix A. With the per-example covariance
-``D = Cov_a(g_a, g_a)`` (SPEC §2; the covariance of a size-b minibatch gradient is D/b) and the
+``D = Cov_a(g_a, g_a)`` (theory §2; the covariance of a size-b minibatch gradient is D/b) and the
 mean gradient ḡ, the optimal step size of a size-B minibatch step on the local quadratic model
 is ε_max / (1 + B_noise/B): the batch size B_noise is where the step (and the loss gain per
 step) reaches half its large-batch limit, with
@@ -201,7 +201,7 @@ def _curvature_exact(loss_fn, params, batch, chunk_size):
 
 
 def sgd_temperature(learning_rate, batch_size):
-    """SGD temperature β⁻¹ = η / (2b) (SPEC §5; Chaudhari & Soatto 2018).
+    """SGD temperature β⁻¹ = η / (2b) (theory §5; Chaudhari & Soatto 2018).
 
     Args:
       learning_rate: step size η > 0 (scalar or array).

@@ -4,7 +4,7 @@ Chaudhari & Soatto, "Stochastic gradient descent performs variational inference,
 limit cycles for deep networks", ICLR 2018 (arXiv:1710.11029): when the diffusion matrix D does
 not commute with the Hessian H, the stationary law of SGD carries a probability current and the
 iterates circulate. This module measures that current on a trajectory and predicts it from
-(H, D, η, b, μ) at a minimum (SPEC §8).
+(H, D, η, b, μ) at a minimum (theory §8).
 
 Measurement. With y_t = (x_t − x̄) B the coordinates of the iterates in a basis B (orthonormal
 columns), the *areal velocity* (mean signed area swept per step) in the plane (i, j) is
@@ -176,7 +176,7 @@ def areal_velocity(
     deviation over √n_batches. The estimate is asymptotically normal with that error when each
     batch is much longer than the integrated autocorrelation time of the projected process
     (≈ 1/(η λ_min) steps for SGD in a plane with smallest curvature λ_min, ≈ 1/(1 − μ) times
-    longer with momentum). A reversible process has a = 0 in every plane (SPEC §8).
+    longer with momentum). A reversible process has a = 0 in every plane (theory §8).
 
     Args:
       trajectory: (T, d) snapshots (or a :class:`grd.analysis.Trajectory`), consecutive steps.
@@ -227,7 +227,7 @@ def integrated_autocorrelation_time(trajectory, basis=None, *, c: float = 5.0, c
     coefficient φ, τ_int = (1 + φ)/(1 − φ). Batch means of length L give a variance of the
     mean that is biased low by ≈ τ_int/L; :func:`areal_velocity` warns when L < 20 τ_int.
     The areal-velocity summands y_i y'_j decorrelate at least as fast as the slower of the two
-    coordinates, so max(τ_i, τ_j) bounds the plane's correlation time (SPEC §8).
+    coordinates, so max(τ_i, τ_j) bounds the plane's correlation time (theory §8).
 
     Args:
       trajectory: (T, d) snapshots (or a :class:`grd.analysis.Trajectory`).
@@ -608,7 +608,7 @@ def sgd_stationary_covariance(hessian, diffusion, lr, batch_size, *, momentum=0.
     Solves Σ_z = M Σ_z Mᵀ + G ⊗ cD/b for z = (x, m), M = [[I − ηH, −ημI], [H, μI]],
     G = [[η², −η], [−η, 1]], c = 1 (with replacement) or (N − b)/(N − 1) (``n`` = N given),
     and returns the position blocks Σ = E[x xᵀ] and C₁ = E[x_{t+1} x_tᵀ] = (MΣ_z)_xx. With
-    μ = 0 this is Σ = AΣAᵀ + cη²D/b, C₁ = AΣ, A = I − ηH (SPEC §8).
+    μ = 0 this is Σ = AΣAᵀ + cη²D/b, C₁ = AΣ, A = I − ηH (theory §8).
 
     Method: H = VΛVᵀ; in that basis M is block-diagonal with 2 × 2 blocks
     M_i = [[1 − ηλ_i, −ημ], [λ_i, μ]], and the equation separates into d² systems
@@ -673,7 +673,7 @@ def _in_basis(a, basis):
 def predicted_areal_velocity(
     hessian, diffusion, lr, batch_size, *, momentum=0.0, basis=None, n=None
 ):
-    """Predicted areal velocity of SGD at a minimum: a = ½ Bᵀ(C₁ᵀ − C₁)B (SPEC §8).
+    """Predicted areal velocity of SGD at a minimum: a = ½ Bᵀ(C₁ᵀ − C₁)B (theory §8).
 
     With C₁ = E[x_{t+1} x_tᵀ] from :func:`sgd_stationary_covariance`. Without momentum
     C₁ = AΣ, A = I − ηH, and a = (η/2) Bᵀ(HΣ − ΣH)B, zero iff Σ commutes with H (e.g. D ∝ H or

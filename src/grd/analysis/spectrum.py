@@ -1,4 +1,4 @@
-"""Spectrum and numerical rank of the diffusion matrix D along training (SPEC §6).
+"""Spectrum and numerical rank of the diffusion matrix D along training (theory §6).
 
 Chaudhari & Soatto, "Stochastic gradient descent performs variational inference, converges to
 limit cycles for deep networks", ICLR 2018 (arXiv:1710.11029), section 3 and figure 1: the

@@ -12,7 +12,7 @@ so that ``P(v, h) = e^{−E(v, h)} / Z``. Summing out h gives the free energy
 and the conditionals factorise: ``P(h_j = 1 | v) = σ(b + Wᵀv)_j``,
 ``P(v_i = 1 | h) = σ(a + Wh)_i``.
 
-**Contrastive divergence as SGD** (SPEC.md §7). The gradient of ``−log P(v)`` is
+**Contrastive divergence as SGD** (theory §7). The gradient of ``−log P(v)`` is
 ``∇F(v) − E_model[∇F]``. CD-k (Hinton 2002) replaces the model expectation by a k-step
 block-Gibbs sample ``ṽ`` started at the data; persistent CD (Tieleman 2008) keeps the chain
 between updates. Both are the gradient of the per-example surrogate loss
@@ -345,7 +345,7 @@ def _gibbs_chain(params, v0, key, k):
 
 
 def cd_loss(params: Params, example: dict[str, Array]) -> Array:
-    """Per-example CD surrogate loss ``ℓ(w) = F_w(v) − F_w(stop_gradient(ṽ))`` (SPEC.md §7).
+    """Per-example CD surrogate loss ``ℓ(w) = F_w(v) − F_w(stop_gradient(ṽ))`` (theory §7).
 
     Its gradient is the CD estimator of example a (Hinton 2002):
 
