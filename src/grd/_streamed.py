@@ -12,6 +12,20 @@ float32 cancellation; exact). Passes per call: ``diffusion_matvec`` 2; ``diffusi
 ``metric_inverse`` (CG) 1 + CG steps + 1. Memory: one batch, and O(d) (O(num_matvecs·d) for
 Lanczos). Each batch's kernel is compiled once per shape (keep the batch size fixed; a
 smaller last batch compiles once more).
+
+**Several processes** (``jax.process_count() > 1``, e.g. after
+:func:`grd.sharding.initialize`): by default each process's ``make_iter`` yields only *its
+own* examples (a disjoint share of the data set), each pass accumulates this process's partial
+sums on its first local device, and the partial sums are added across processes at the end of
+the pass, so every process ends with the same D of the whole data set:
+
+    N = Σ_p N_p,   ḡ = (1/N) Σ_p Σ_{a∈p} g_a,   D v = (1/N) Σ_p Σ_{a∈p} (s_a − ḡ·v) g_a
+
+Communication per pass: the mean pass all-reduces d + 1 numbers (Σ g_a and N_p), a D·v pass
+d numbers, the trace pass one. Lanczos and CG then run the same float64 host loop on every
+process with bitwise equal products (an all-reduce hands every process the same sum; XLA's
+own SPMD loops rely on that too), so every process makes the same passes and stops at the
+same step. Memory per process: one batch of its own and O(d).
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _validation as val
 from ._batched import is_batched
@@ -31,26 +46,45 @@ class Streamed:
     """A data set given as ``make_iter()``, a fresh iterator over batch pytrees; see
     :func:`streamed`."""
 
-    def __init__(self, make_iter, *, progress: bool = True, desc: str = "grd pass"):
+    def __init__(
+        self,
+        make_iter,
+        *,
+        progress: bool = True,
+        desc: str = "grd pass",
+        across_processes: bool | None = None,
+    ):
         if not callable(make_iter):
             raise TypeError(
                 "`make_iter` must be a function returning a fresh iterator over batches "
                 f"(e.g. lambda: iter(loader)); got {type(make_iter).__name__}."
             )
+        if across_processes not in (None, True, False):
+            raise TypeError(
+                f"`across_processes` must be None, True or False; got {across_processes!r}."
+            )
         self.make_iter = make_iter
         self.progress = progress
         self.desc = desc
+        self._across = across_processes
+
+    @property
+    def across_processes(self) -> bool:
+        """Whether each process streams its own share and the sums are all-reduced."""
+        if self._across is None:
+            return jax.process_count() > 1
+        return self._across
 
     def batches(self, what: str):
         it = self.make_iter()
-        if self.progress:
+        if self.progress and not (self.across_processes and jax.process_index() != 0):
             from tqdm.auto import tqdm
 
             it = tqdm(it, desc=f"{self.desc}: {what}", delay=2.0, leave=False, unit="batch")
         return it
 
 
-def streamed(make_iter, *, progress: bool = True) -> Streamed:
+def streamed(make_iter, *, progress: bool = True, across_processes: bool | None = None) -> Streamed:
     """Pass a data set too large for memory as ``batch``: ``make_iter()`` returns a fresh
     iterator over batch pytrees (each with a leading example axis).
 
@@ -62,15 +96,84 @@ def streamed(make_iter, *, progress: bool = True) -> Streamed:
     than 2 s. ``make_iter`` must yield the same examples in every pass (shuffle with a fixed
     seed, or not at all).
 
+    On several JAX processes (``across_processes=None``, the default, means
+    ``jax.process_count() > 1``) each process's ``make_iter`` yields only its own share of the
+    examples, disjoint from the others' (any split: unequal shares and an empty one are
+    fine), and the per-process sums are all-reduced after each pass: ``N = Σ_p N_p`` and D
+    is that of the union of all shares, on every process (one all-reduce of size d per D·v,
+    d + 1 for the mean pass; see the module docstring). Every process must make the same
+    calls in the same order, with the same ``params``, vectors and ``key`` (they may be
+    replicated global arrays, e.g. from :func:`grd.sharding.replicate`); the results are
+    process-local arrays, equal on every process. ``across_processes=False``: each process
+    streams a whole data set alone, with no communication.
+
     Example:
       >>> data = grd.streamed(lambda: (load(i) for i in range(num_shards)))
       >>> lam = grd.lambda_max(loss_fn, params, data)
+
+      On P processes, process p reading files p, p + P, p + 2P, …:
+      >>> mine = range(jax.process_index(), num_shards, jax.process_count())
+      >>> data = grd.streamed(lambda: (load(i) for i in mine))
     """
-    return Streamed(make_iter, progress=progress)
+    return Streamed(make_iter, progress=progress, across_processes=across_processes)
 
 
 def is_streamed(batch) -> bool:
     return isinstance(batch, Streamed)
+
+
+# --------------------------------------------------------------------------------------------
+# Sums across processes.
+
+
+def _process_mesh() -> Mesh:
+    """One device per process (its first local device, where its streamed kernels run)."""
+    return Mesh(
+        np.array([jax.local_devices(process_index=i)[0] for i in range(jax.process_count())]),
+        ("processes",),
+    )
+
+
+_SUMS: dict = {}
+
+
+def process_sum(x):
+    """``Σ_p x_p`` over the JAX processes (each passes its own ``x_p``): one all-reduce.
+
+    Every process must call it with an array of the same shape and dtype; each gets the
+    same sum as a local array on its first local device. On one process: ``x`` itself.
+    """
+    x = jnp.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    mesh = _process_mesh()
+    if mesh not in _SUMS:
+        _SUMS[mesh] = jax.jit(
+            lambda a: jnp.sum(a, axis=0), out_shardings=NamedSharding(mesh, PartitionSpec())
+        )
+    stacked = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, PartitionSpec("processes")),
+        np.asarray(x)[None],
+        (jax.process_count(), *x.shape),
+    )
+    return _SUMS[mesh](stacked).addressable_data(0)
+
+
+def _local(tree, name: str):
+    """Replicated global arrays (spanning processes) as this process's local copy."""
+
+    def one(path, x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(
+                    f"leaf {jax.tree_util.keystr(path)} of `{name}` is split over processes; "
+                    "grd.streamed needs it whole on every process: replicate it "
+                    "(grd.sharding.replicate) or pass the same NumPy/JAX value on every process."
+                )
+            return x.addressable_data(0)
+        return x
+
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,17 +211,21 @@ class _Pass:
                 "grd.streamed takes a per-example loss_fn: a batch-coupled loss "
                 "(grd.batched) has no D over batches read separately."
             )
+        params = _local(params, "params")
         self.loss_fn, self.params, self.data, self.chunk = loss_fn, params, data, chunk_size
+        self.across = data.across_processes
         self.flat, self.unravel = tree_ravel(params)
-        total, n, first = None, 0, True
+        total, n, first = jnp.zeros_like(self.flat), 0, True
         for b in data.batches("mean gradient"):
             if first:
                 val.core_inputs(loss_fn, params, b, min_size=1)
                 first = False
-            g = _grad_sum(loss_fn, params, b, chunk_size)
-            total = g if total is None else total + g
+            total = total + _grad_sum(loss_fn, params, b, chunk_size)
             n += jax.tree_util.tree_leaves(b)[0].shape[0]
-        if first:
+        if self.across:  # Σ_p of the gradient sums and of the counts (N as an integer)
+            total = process_sum(total)
+            n = int(process_sum(jnp.asarray([n]))[0])
+        if n == 0:
             raise ValueError("`make_iter()` yielded no batch.")
         if n < 2:
             raise ValueError(f"the streamed data set has N = {n}; D needs N ≥ 2.")
@@ -131,12 +238,16 @@ class _Pass:
         total = jnp.zeros_like(self.flat)
         for b in self.data.batches("D·v"):
             total = total + _dv_sum(self.loss_fn, self.params, b, v, sbar, self.chunk)
+        if self.across:
+            total = process_sum(total)
         return total / self.n
 
     def trace(self):
-        total = 0.0
+        total = jnp.zeros((), self.flat.dtype)
         for b in self.data.batches("trace"):
             total = total + _sq_sum(self.loss_fn, self.params, b, self.gbar, self.chunk)
+        if self.across:
+            total = process_sum(total)
         return total / self.n
 
 
@@ -146,6 +257,7 @@ class _Pass:
 
 def _matvec(loss_fn, params, batch, v, *, chunk_size=None):
     val.same_structure(v, params)
+    v = _local(v, "v")
     p = _Pass(loss_fn, params, batch, chunk_size)
     return p.unravel(p.matvec_flat(tree_ravel(v)[0]))
 
@@ -224,6 +336,7 @@ def _metric_inverse(
     if method != "cg":
         raise ValueError("grd.streamed supports metric_inverse(method='cg') only.")
     val.same_structure(v, params)
+    v = _local(v, "v")
     eps = float(val.check_eps(eps))
     p = _Pass(loss_fn, params, batch, chunk_size)
     b = tree_ravel(v)[0]

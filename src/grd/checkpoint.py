@@ -164,6 +164,7 @@ def integrate_checkpointed(
     t0=0.0,
     v0=None,
     callback=None,
+    sharded: bool | None = None,
     **integrate_kwargs,
 ):
     """:func:`grd.integrate` in ``segments`` pieces, checkpointing the diffrax state after each.
@@ -176,9 +177,15 @@ def integrate_checkpointed(
 
     Args:
       loss_fn, params0, batch, flow, t1, t0, v0: as in :func:`grd.integrate`.
-      path: checkpoint file (resumed from if it exists).
+      path: checkpoint file (resumed from if it exists); with ``sharded``, an orbax
+        checkpoint directory shared by all processes (step ``i`` = after segment ``i``).
       segments: number of equal pieces of ``[t0, t1]``; one checkpoint after each.
       callback: optional ``callback(y, segment)`` after each checkpoint.
+      sharded: write orbax-checkpoint steps (:func:`save_sharded_checkpoint`; every process
+        writes its shards, a step is committed when all have) instead of one ``.npz`` file.
+        ``None`` (default): sharded when ``jax.process_count() > 1``, where the single-file
+        format cannot be used. Every process runs the same call; the state is restored
+        replicated over the mesh of the global arrays in ``params0``/``batch``.
       **integrate_kwargs: passed to :func:`grd.integrate` (``eps``, ``inverse``, tolerances…).
 
     Returns:
@@ -216,14 +223,56 @@ def integrate_checkpointed(
         return y, (sol.solver_state, sol.controller_state, sol.made_jump)
 
     y, states, start = (params0, v0) if flow in SECOND_ORDER else params0, None, 0
-    if Path(path).exists():
+    sharded = jax.process_count() > 1 if sharded is None else bool(sharded)
+    if sharded:
+        placement = _replicated_placement((params0, batch))
+        if latest_sharded_step(path) is not None:
+            shapes = jax.eval_shape(lambda: segment(y, 0, None))
+            like = jax.tree_util.tree_map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement), shapes
+            )
+            (y, states), start, _ = load_sharded_checkpoint(path, like)
+    elif Path(path).exists():
         # The saved structure is that of (y, diffrax states) after one segment: trace it.
         shapes = jax.eval_shape(lambda: segment(y, 0, None))
         like = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (y, states), start, _ = load_checkpoint(path, like)
     for i in range(start, segments):
         y, states = segment(y, i, states)
-        save_checkpoint(path, (y, states), step=i + 1)
+        if sharded:
+            save_sharded_checkpoint(path, _as_global((y, states), placement), step=i + 1)
+        else:
+            save_checkpoint(path, (y, states), step=i + 1)
         if callback is not None:
             callback(y, i + 1)
     return y, edges[1:]
+
+
+def _replicated_placement(tree):
+    """Replicated over the mesh of the first global (NamedSharding) array of ``tree``; on one
+    process without one, the default device."""
+    from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding):
+            return NamedSharding(leaf.sharding.mesh, PartitionSpec())
+    if jax.process_count() > 1:
+        raise ValueError(
+            "on several processes, `params0` or `batch` must hold global arrays on a mesh "
+            "(grd.sharding.replicate / grd.sharding.global_batch) for a sharded checkpoint."
+        )
+    return SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _as_global(tree, placement):
+    """Leaves that are not arrays on the mesh yet (host scalars, single-device arrays from an
+    eager diffrax step) placed with ``placement``; every process holds the same values."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and (
+            jax.process_count() == 1 or len(x.sharding.device_set) > 1
+        ):
+            return x
+        return jax.device_put(np.asarray(x), placement)
+
+    return jax.tree_util.tree_map(one, tree)

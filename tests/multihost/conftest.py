@@ -23,6 +23,7 @@ import grd
 jax.config.update("jax_enable_x64", True)
 
 WORKER = Path(__file__).with_name("_worker.py")
+sys.path.insert(0, str(WORKER.parent))  # _worker: the checks, also run here as the reference
 
 
 def free_port() -> int:
@@ -36,16 +37,32 @@ def _tail(path: Path, n: int = 4000) -> str:
     return text[-n:]
 
 
-def run_two_processes(mode, out_dir, *extra, timeout=300.0, expect_killed=False):
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def run_two_processes(
+    mode, out_dir, *extra, timeout=300.0, expect_failure=False, env=None, grace=5.0
+):
     """Run ``_worker.py MODE <id> <port> OUT_DIR EXTRA...`` as processes 0 and 1.
 
-    Returns the two return codes. Fails the test (with both outputs) on a timeout, or when a
-    process fails and ``expect_killed`` is false.
+    Returns the two return codes and ``report(why)``, a failure message holding both
+    processes' output. Polls both every 0.1 s and ends the launch early, killing what is
+    still running, when
+
+    - one process exits with a non-zero code (the other would block in its next
+      collective until the timeout), or
+    - one process has printed a Python traceback and is still running ``grace`` seconds
+      later: an exception inside a jitted SPMD program (an ``eqx.error_if`` callback raising
+      on the device that runs it) is only logged, and every process then waits in a
+      collective forever, alive, so no exit code and no JAX heartbeat ever reports it.
+
+    Fails the test (with both outputs) on a timeout, or when the launch ended early or a
+    process failed and ``expect_failure`` is false. ``env``: extra environment variables.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
@@ -83,20 +100,28 @@ def run_two_processes(mode, out_dir, *extra, timeout=300.0, expect_killed=False)
         return "\n".join(parts)
 
     deadline = time.monotonic() + timeout
+    traced_at, ended_early, polls = None, None, 0
     try:
         while any(p.poll() is None for p in procs):
             if any(p.returncode not in (None, 0) for p in procs):
-                kill_all()  # one died: the other would block in its next collective
+                ended_early = "a process exited with an error"
+                break
+            if traced_at is None and polls % 5 == 0:  # every 0.5 s: read the stderr logs
+                if any(TRACEBACK in e.read_text(errors="replace") for _, e in logs):
+                    traced_at = time.monotonic()
+            if traced_at is not None and time.monotonic() > traced_at + grace:
+                ended_early = f"a process printed a traceback and was still running {grace} s later"
                 break
             if time.monotonic() > deadline:
                 kill_all()
                 pytest.fail(report(f"the two processes did not finish within {timeout:.0f} s"))
             time.sleep(0.1)
+            polls += 1
     finally:
         kill_all()
     codes = [p.returncode for p in procs]
-    if not expect_killed and codes != [0, 0]:
-        pytest.fail(report(f"a process failed: return codes {codes}"))
+    if not expect_failure and (codes != [0, 0] or ended_early):
+        pytest.fail(report(f"{ended_early or 'a process failed'}: return codes {codes}"))
     return codes, report
 
 
@@ -106,14 +131,31 @@ def two_processes():
     return run_two_processes
 
 
-@pytest.fixture(scope="session")
-def checks_run(tmp_path_factory, two_processes):
-    """One launch of both processes running every check; the per-process results."""
+def load_results(out_dir) -> list[dict]:
+    """The JSON results of both processes as dicts of float64 arrays."""
+    import json
+
     import numpy as np
 
-    out = tmp_path_factory.mktemp("multihost_checks")
+    out = []
+    for pid in range(2):
+        raw = json.loads((Path(out_dir) / f"result_{pid}.json").read_text())
+        out.append({k: np.asarray(v, dtype=np.float64) for k, v in raw.items()})
+    return out
+
+
+def launch_checks(names, out_dir):
+    """One launch of both processes running the checks ``names`` (one JAX start-up and one
+    set of compilations for all of them); the per-process results and the wall time."""
     t0 = time.perf_counter()
-    two_processes("checks", out)
+    run_two_processes("checks", out_dir, ",".join(names))
     wall = time.perf_counter() - t0
-    results = [dict(np.load(out / f"result_{pid}.npz")) for pid in range(2)]
-    return {"results": results, "dir": out, "wall": wall}
+    return {"results": load_results(out_dir), "dir": Path(out_dir), "wall": wall}
+
+
+@pytest.fixture(scope="session")
+def checks_run(tmp_path_factory):
+    """The default checks (_worker.DEFAULT_CHECKS), launched once for the session."""
+    import _worker
+
+    return launch_checks(_worker.DEFAULT_CHECKS, tmp_path_factory.mktemp("multihost_checks"))
