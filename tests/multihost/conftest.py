@@ -41,8 +41,9 @@ TRACEBACK = "Traceback (most recent call last)"
 
 
 def run_two_processes(
-    mode, out_dir, *extra, timeout=300.0, expect_failure=False, env=None, grace=5.0
-):
+    mode, out_dir, *extra, timeout=300.0, expect_failure=False, env=None, grace=5.0,
+    meanwhile=None,
+):  # fmt: skip
     """Run ``_worker.py MODE <id> <port> OUT_DIR EXTRA...`` as processes 0 and 1.
 
     Returns the two return codes and ``report(why)``, a failure message holding both
@@ -58,6 +59,8 @@ def run_two_processes(
 
     Fails the test (with both outputs) on a timeout, or when the launch ended early or a
     process failed and ``expect_failure`` is false. ``env``: extra environment variables.
+    ``meanwhile()``: run here while the two processes run (the one-process reference: on 2
+    cores the three overlap where the two processes wait for each other).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,8 @@ def run_two_processes(
     deadline = time.monotonic() + timeout
     traced_at, ended_early, polls = None, None, 0
     try:
+        if meanwhile is not None:
+            meanwhile()
         while any(p.poll() is None for p in procs):
             if any(p.returncode not in (None, 0) for p in procs):
                 ended_early = "a process exited with an error"
@@ -144,18 +149,39 @@ def load_results(out_dir) -> list[dict]:
     return out
 
 
-def launch_checks(names, out_dir):
+def launch_checks(names, out_dir, meanwhile=None):
     """One launch of both processes running the checks ``names`` (one JAX start-up and one
-    set of compilations for all of them); the per-process results and the wall time."""
+    set of compilations for all of them): the per-process results, the return codes, the
+    failure report and the wall time. A list ending with "fail" is expected to stall after
+    writing the results of the others, and to be ended by the launcher."""
+    expect_failure = names[-1] == "fail"
     t0 = time.perf_counter()
-    run_two_processes("checks", out_dir, ",".join(names))
+    codes, report = run_two_processes(
+        "checks", out_dir, ",".join(names), expect_failure=expect_failure, grace=3.0,
+        timeout=600.0, meanwhile=meanwhile,
+    )  # fmt: skip
     wall = time.perf_counter() - t0
-    return {"results": load_results(out_dir), "dir": Path(out_dir), "wall": wall}
+    if expect_failure and not all((Path(out_dir) / f"result_{p}.json").exists() for p in (0, 1)):
+        pytest.fail(report(f"the checks before 'fail' did not finish: return codes {codes}"))
+    return {
+        "results": load_results(out_dir),
+        "dir": Path(out_dir),
+        "codes": codes,
+        "report": report,
+        "wall": wall,
+    }
 
 
 @pytest.fixture(scope="session")
 def checks_run(tmp_path_factory):
-    """The default checks (_worker.DEFAULT_CHECKS), launched once for the session."""
+    """The default checks (_worker.DEFAULT_CHECKS), launched once for the session, and their
+    one-process reference (``_worker.reference``), computed while the two processes run."""
     import _worker
 
-    return launch_checks(_worker.DEFAULT_CHECKS, tmp_path_factory.mktemp("multihost_checks"))
+    ref = {}
+    run = launch_checks(
+        _worker.DEFAULT_CHECKS,
+        tmp_path_factory.mktemp("multihost_checks"),
+        meanwhile=lambda: ref.update(_worker.reference(_worker.DEFAULT_CHECKS)),
+    )
+    return {**run, "reference": ref}
