@@ -53,3 +53,32 @@ def test_sharded_checkpoint_on_one_process(tmp_path):
         save_sharded_checkpoint(tmp_path / "d", {"w": np.ones(2)}, step=0)
     with pytest.raises(ValueError, match="`every` must be"):
         run_checkpointed_sharded(lambda s, i: s, tree, 2, directory=tmp_path / "e", every=0)
+
+
+def test_integrate_checkpointed_sharded_on_one_process(tmp_path):
+    """integrate_checkpointed(sharded=True): orbax steps, one per segment; a run stopped
+    after segment 1 of 2 resumes and ends bit for bit where an uninterrupted run does.
+    (Two processes, killed with SIGKILL: tests/multihost, slow.)"""
+    import diffrax
+    from helpers import tiny_mlp_problem
+
+    from grd.checkpoint import integrate_checkpointed, latest_sharded_step
+
+    loss_fn, params, batch = tiny_mlp_problem(n=6)
+    kw = dict(flow="gd", t1=0.2, segments=2, sharded=True, solver=diffrax.Euler(), dt0=0.05)
+    kw["stepsize_controller"] = diffrax.ConstantStepSize()
+    full, ts = integrate_checkpointed(loss_fn, params, batch, path=tmp_path / "full", **kw)
+    assert latest_sharded_step(tmp_path / "full") == 2 and ts.tolist() == [0.1, 0.2]
+
+    class Stop(Exception):
+        pass
+
+    def stop(y, segment):
+        raise Stop
+
+    with pytest.raises(Stop):
+        integrate_checkpointed(loss_fn, params, batch, path=tmp_path / "cut", callback=stop, **kw)
+    assert latest_sharded_step(tmp_path / "cut") == 1
+    resumed, _ = integrate_checkpointed(loss_fn, params, batch, path=tmp_path / "cut", **kw)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
