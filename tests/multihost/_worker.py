@@ -42,13 +42,52 @@ STREAM_SPLIT = 4  # process 0 streams rows 0…3, process 1 rows 4…15: unequal
 STREAM_BATCH = 4  # in batches of 4 (one batch shape: each kernel compiles once)
 
 
+def loss_fn(p, ex):
+    """The tanh MLP of tests/helpers.tiny_mlp_problem with its squared-error per-example loss."""
+    import jax.numpy as jnp
+
+    h = jnp.tanh(ex["x"] @ p["layer1"]["w"] + p["layer1"]["b"])
+    return 0.5 * jnp.sum((h @ p["layer2"]["w"] - ex["y"]) ** 2)
+
+
 def problem():
-    """The data and model every process builds identically (a data loader in a real run)."""
+    """The parameters, data and vector of the checks (drawn with jax.random in the pytest
+    process; the workers read them from problem.npz instead, like a data loader, and skip the
+    ≈ 4 s of CPU that compiling the random draws costs in a fresh process)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from helpers import random_like, tiny_mlp_problem
 
-    loss_fn, params, batch = tiny_mlp_problem(n=N, d_in=D_IN, hidden=HIDDEN)
+    _, params, batch = tiny_mlp_problem(n=N, d_in=D_IN, hidden=HIDDEN)
     return loss_fn, params, batch, random_like(params, seed=7)
+
+
+_LEAVES = ("layer1/w", "layer1/b", "layer2/w")
+
+
+def save_problem(out_dir):
+    import numpy as np
+
+    _, params, batch, v = problem()
+    leaves = {}
+    for name in _LEAVES:
+        a, b = name.split("/")
+        leaves[f"p:{name}"], leaves[f"v:{name}"] = np.asarray(params[a][b]), np.asarray(v[a][b])
+    np.savez(os.path.join(out_dir, "problem.npz"), x=batch["x"], y=batch["y"], **leaves)
+
+
+def load_problem(out_dir):
+    """:func:`problem` as written by :func:`save_problem` (the same float64 values)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    z = np.load(os.path.join(out_dir, "problem.npz"))
+    leaf = lambda kind, name: jnp.asarray(z[f"{kind}:{name}"])
+    tree = lambda kind: {
+        "layer1": {"w": leaf(kind, "layer1/w"), "b": leaf(kind, "layer1/b")},
+        "layer2": {"w": leaf(kind, "layer2/w")},
+    }
+    batch = {"x": jnp.asarray(z["x"]), "y": jnp.asarray(z["y"])}
+    return loss_fn, tree("p"), batch, tree("v")
 
 
 def flat(tree):
@@ -165,6 +204,8 @@ def stream_rows(pid, nproc):
 
 def check_streamed(c):
     """grd.streamed with each process streaming only its own rows, in batches of 4."""
+    import numpy as np
+
     import grd
 
     start, stop = stream_rows(jax.process_index(), jax.process_count())
@@ -174,7 +215,7 @@ def check_streamed(c):
         passes.append(1)
         for a in range(start, stop, STREAM_BATCH):
             b = min(a + STREAM_BATCH, stop)
-            yield jax.tree_util.tree_map(lambda x, a=a, b=b: x[a:b], c.full_batch)
+            yield jax.tree_util.tree_map(lambda x, a=a, b=b: np.asarray(x)[a:b], c.full_batch)
 
     data = grd.streamed(make_iter, progress=False)
     p, u = c.params, c.v  # plain arrays, equal on every process
@@ -277,8 +318,10 @@ CHECKS = {
 # The default launch ends with "fail": process 0's finite check fails inside a jitted program
 # and both processes stall; the launcher must end the run a few seconds later (item tested by
 # test_a_failing_process_fails_fast). The results of the checks before it are written first.
-DEFAULT_CHECKS = ("helpers", "operators", "lanczos", "optax", "fields", "streamed", "fail")
-SLOW_CHECKS = ("flows", "roundtrip")
+# The jitted Lanczos (≈ 5 s of CPU to compile, per process and for the reference) is slow;
+# the default checks Lanczos top-3 on two processes through grd.streamed's host loop.
+DEFAULT_CHECKS = ("helpers", "operators", "optax", "fields", "streamed", "fail")
+SLOW_CHECKS = ("lanczos", "flows", "roundtrip")
 
 
 def reference(names):
@@ -390,7 +433,7 @@ def main():
     assert jax.process_count() == 2 and jax.process_index() == pid
     assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
 
-    loss_fn, params, full_batch, v = problem()
+    loss_fn, params, full_batch, v = load_problem(out_dir)
     mesh = sharding.data_mesh()
     local = sharding.process_local_batch(full_batch, mesh)  # this process's rows only
     batch = sharding.global_batch(local, mesh)

@@ -62,8 +62,12 @@ def run_two_processes(
     ``meanwhile()``: run here while the two processes run (the one-process reference: on 2
     cores the three overlap where the two processes wait for each other).
     """
+    import _worker
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / "problem.npz").exists():
+        _worker.save_problem(out_dir)  # the data every process reads its rows from
     port = free_port()
     env = {**os.environ, **(env or {})}
     env["XLA_FLAGS"] = (

@@ -55,6 +55,7 @@ def test_sharded_checkpoint_on_one_process(tmp_path):
         run_checkpointed_sharded(lambda s, i: s, tree, 2, directory=tmp_path / "e", every=0)
 
 
+@pytest.mark.slow  # ≈ 17 s of CPU: three segmented integrations (compiled per segment) + orbax
 def test_integrate_checkpointed_sharded_on_one_process(tmp_path):
     """integrate_checkpointed(sharded=True): orbax steps, one per segment; a run stopped
     after segment 1 of 2 resumes and ends bit for bit where an uninterrupted run does.
