@@ -66,3 +66,7 @@ def test_streamed_errors(problem):
         grd.diffusion_trace(loss_fn, params, grd.streamed(lambda: iter(())))
     with pytest.raises(TypeError, match="make_iter"):
         grd.streamed([batch])
+    with pytest.raises(TypeError, match="across_processes"):
+        grd.streamed(lambda: iter([batch]), across_processes="yes")
+    # one process: nothing to combine unless asked (then the sum over 1 process: itself)
+    assert not grd.streamed(lambda: iter([batch])).across_processes
