@@ -308,7 +308,7 @@ def _spectrum(
     m = num_matvecs if num_matvecs is not None else min(cap, max(2 * k + 10, 30))
     if not 1 <= k <= m <= cap:
         raise ValueError(f"need 1 ≤ k ≤ num_matvecs ≤ min(d, N) = {cap}; got k={k}, {m}.")
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = jax.random.PRNGKey(0) if key is None else _local(key, "key")
     v0 = np.asarray(jax.random.normal(key, (d,), p.flat.dtype), dtype=np.float64)
     theta, V = _lanczos(lambda x: p.matvec_flat(x), v0, m)
     lam = jnp.asarray(np.clip(theta[:k], 0.0, None), p.flat.dtype)
@@ -321,7 +321,7 @@ def _spectrum(
 def _lambda_max(loss_fn, params, batch, *, num_matvecs=20, key=None, chunk_size=None):
     p = _Pass(loss_fn, params, batch, chunk_size)
     m = min(num_matvecs, p.flat.shape[0], p.n)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = jax.random.PRNGKey(0) if key is None else _local(key, "key")
     v0 = np.asarray(jax.random.normal(key, p.flat.shape, p.flat.dtype), dtype=np.float64)
     theta, _ = _lanczos(lambda x: p.matvec_flat(x), v0, m)
     return jnp.asarray(max(theta[0], 0.0), p.flat.dtype)
