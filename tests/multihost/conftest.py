@@ -3,8 +3,10 @@
 :func:`run_two_processes` starts ``_worker.py`` twice (process ids 0 and 1) with a free
 coordinator port and 2 host-platform CPU devices per process, gloo collectives, and a bound on
 the wall time after which both are killed. As ``srun --kill-on-bad-exit`` does, when one
-process dies the other is killed too (a survivor would wait forever in its next all-reduce).
-Both processes' stdout and stderr are shown in every failure message.
+process dies the other is killed too (a survivor would wait forever in its next all-reduce),
+and a run where one process printed a traceback but both stay alive (an ``eqx.error_if``
+inside a jitted SPMD program) is ended 3–5 s later instead of at the timeout. Both
+processes' stdout and stderr are shown in every failure message.
 """
 
 import os
