@@ -416,6 +416,16 @@ def _sgd_comparison(cfg: Config, m, k_index):
         per_c = np.array([bias_corrected_distance(p, sgd)[0] for p in paths])
         curves[f"{name}_per_c"] = per_c.mean(1)
         curves[name] = per_c[int(np.argmin(per_c.mean(1)))]
+    # Uncertainty over the replicas: bootstrap (resampling the SGD runs) of each curve.
+    rng = np.random.default_rng(0)
+    boot = [sgd[rng.integers(0, sgd.shape[0], sgd.shape[0])] for _ in range(200)]
+    for name in ("gd", "ir", "ngd", "grd"):
+        path = m[name][k_index] if name in ("gd", "ir") else None
+        if path is None:
+            paths = m[f"w_{name}"][:, k_index]
+            path = paths[int(np.argmin(curves[f"{name}_per_c"]))]
+        samples = np.array([bias_corrected_distance(path, b)[0] for b in boot])
+        curves[f"{name}_ci95"] = np.percentile(samples, [2.5, 97.5], axis=0)
     _, curves["spread"] = bias_corrected_distance(m["gd"][k_index], sgd)
     curves["floor"] = curves["spread"] / math.sqrt(sgd.shape[0])
     curves["gd_from_w0"] = np.linalg.norm(m["gd"][k_index] - m["w0"], axis=-1)
@@ -677,9 +687,9 @@ def run(cfg: Config, ctx: Context) -> Outcome:
     ks = steps[k_index]
     c0 = curves[0]
     for f, style in (("gd", "k-"), ("ngd", "b--"), ("grd", "m:"), ("ir", "g-.")):
-        ax.loglog(ks, np.maximum(c0[f], 1e-12), style, marker="o", ms=3, label=label[f])
-    ax.loglog(ks, c0["floor"], color="0.5", lw=0.8, label="s.e. of the SGD mean")
-    ax.loglog(ks, c0["spread"], color="0.8", lw=2, label="one SGD run from the mean")
+        ax.semilogx(ks, c0[f], style, marker="o", ms=3, label=label[f])
+        ax.fill_between(ks, *c0[f"{f}_ci95"], color=style[0], alpha=0.12)
+    ax.semilogx(ks, c0["floor"], color="0.5", lw=0.8, label="s.e. of the SGD mean")
     ax.set(xlabel="k (SGD steps, t = kη)", ylabel="bias-corrected distance to the SGD mean",
            title=f"Which flow tracks mean SGD (seed {seeds[0]})")  # fmt: skip
     ax.legend(fontsize=7)
@@ -687,8 +697,9 @@ def run(cfg: Config, ctx: Context) -> Outcome:
     fig_sgd = Figure(
         "poster_grd_ngd_sgd_mean",
         f"Distance of each deterministic flow to the mean of {cfg.replicas} SGD runs from the "
-        "same start (bias-corrected for the replicas' finite number), ε of NGD and GRD fitted "
-        "on all replicas; grey: the standard error of the mean and the spread of single runs.",
+        "same start (bias-corrected for the replicas' finite number; bands: 95 % bootstrap "
+        "over the replicas), ε of NGD and GRD fitted on all replicas; grey: the standard error "
+        f"of the SGD mean (one run lies ≈ {_fmt(float(c0['spread'].mean()), 2)} from it).",
         figure_png(fig),
     )
 
