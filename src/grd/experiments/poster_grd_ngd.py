@@ -502,6 +502,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
     dist_sgd = {f: np.array([c[f] for c in comps]) for f in flows}
     rel = {f: dist_sgd[f] / dist_sgd["gd"] for f in flows}
     v_grd, m_grd, h_grd = improvement_verdict(rel["grd"])
+    grd_over_ngd = mean_ci(dist_sgd["grd"] / dist_sgd["ngd"])
     v_ir, m_ir, h_ir = improvement_verdict(rel["ir"])
     best_flow = [flows[int(np.argmin([c[f] for f in flows]))] for c in comps]
 
@@ -589,7 +590,8 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             reason="Ratio of the time-averaged bias-corrected distance to the SGD mean, "
             "GRD(ε fitted on half of the replicas, scored on the other half) over GD (the "
             "null, ratio 1), mean ± 95 % t-CI over seeds; reproduced if the CI lies below 1, "
-            "not reproduced if above 0.95.",
+            f"not reproduced if above 0.95. GRD against NGD(ε fitted alike): ratio "
+            f"{_pm(*grd_over_ngd)}.",
             unit="distance ratio GRD/GD",
         ),
         Finding(
@@ -807,6 +809,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             "ratio_to_gd": rel,
             "fitted_c_ngd": [c["c_ngd"] for c in comps],
             "fitted_c_grd": [c["c_grd"] for c in comps],
+            "ratio_grd_to_ngd": {"mean": grd_over_ngd[0], "ci95": grd_over_ngd[1]},
             "best_flow": best_flow,
             "spread": spread,
             "standard_error_of_mean": floor,
