@@ -755,7 +755,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
         f"velocity, ε = c/λ_max(D(w₀)) for c on a log grid {_fmt(cs[0])} … {_fmt(cs[-1])}. Time "
         f"is in SGD steps of η = {_fmt(cfg.lr)} (t = kη).",
         f"Weak field: the local exponent of |R₀| in ε at the smallest c is {_pm(e_r0, h_r0)} "
-        f"and falls to {_fmt(weak_range[0])} at c = {_fmt(cfg.weak_field)} (the first-order law "
+        f"and falls to {_fmt(weak_range[0])} by c = {_fmt(cfg.weak_field)} (the first-order law "
         "is the limit ε → 0); the distance's at the shortest time is "
         f"{_pm(e_de, h_de)}. Over {weak_txt} the distance's exponent in t at "
         f"short times is {_pm(e_st, h_st)} with distance/(½|R₀|t²) = {_fmt(ratio_st)}. Above "
