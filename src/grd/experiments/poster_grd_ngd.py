@@ -446,10 +446,19 @@ def _pm(m, half, digits=2):
 
 
 def run(cfg: Config, ctx: Context) -> Outcome:
+    """The experiment in float64 (the short-time laws need float64 solves), inside a scoped
+    x64 context: the process-wide setting seen by the other experiments is left unchanged."""
     import jax
 
-    if not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)  # the short-time laws need float64 solves
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # jax < 0.7 spells it jax.experimental.enable_x64
+        from jax.experimental import enable_x64
+    with enable_x64(True):
+        return _run(cfg, ctx)
+
+
+def _run(cfg: Config, ctx: Context) -> Outcome:
+
     import matplotlib
 
     matplotlib.use("Agg")
