@@ -1,0 +1,842 @@
+"""The poster's main result: GRD against NGD, condition (8), and which flow tracks mean SGD.
+
+Fioresi & Chaudhari's poster (and Fioresi, Chaudhari & Soatto, Entropy 2020) state that
+General Relativity Descent (GRD), the geodesic equation of the diffusion metric
+``g = I + εD`` with the force ``−Hẇ``, "gives" natural-gradient descent (NGD) in that metric,
+``ẇ = −g⁻¹∇f``, provided their condition (8), ``d²/dt² ∂_k f̂_α = 0`` (``f̂_α = f_a − f_b``), and
+that (8) holds for a two-layer network. theory §5 corrects this: from the same state the two
+accelerations differ by ``R = (g⁻¹ − I)Hẇ + ½g⁻¹∂g(ẇ, ẇ) = O(ε)``, so the paths separate as
+``|w_GRD − w_NGD| = ½|R₀|t² + O(t³)``; (8) is not sufficient (the shared-Hessian
+counter-example). This experiment measures, on a small MLP and real digits:
+
+1. ``|R₀|`` over a log grid of field strengths ``c = ε·λ_max(D(w₀))`` from 1e-3 to 1, its
+   local exponent in ε, and the GRD–NGD distance's local exponents in ε and in t, against
+   the first-order prediction ``½|R₀|t²``, for several initialisations;
+2. condition (8) along the GRD paths, by nested JVPs: with ``q_a = d²/dt² ∇f_a(w(t)) =
+   ∇³f_a[ẇ, ẇ] + H_a ẅ``, (8) says ``q_a = q̄`` for all a; the statistic is
+   ``r₈ = rms_a|q_a − q̄| / rms_a|q_a|`` (0 when (8) holds, ≈ 1 when the per-example parts
+   are unrelated), with the shared-Hessian model (where (8) holds exactly) as the control;
+3. an open question: which deterministic flow — GD, NGD(ε), GRD(ε) or the implicit-
+   regularisation flow of ``f + (η/4)|∇f|²`` (Barrett & Dherin 2021) — tracks the mean of many
+   SGD runs from the same start (different minibatch orders), with ε fitted on one half of the
+   replicas and the distance evaluated on the other half; time in SGD steps, ``t = kη``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..report import Figure, Section, Table, figure_png
+from ._base import Context, Experiment, Finding, Outcome
+
+__all__ = [
+    "EXPERIMENT",
+    "Config",
+    "local_exponents",
+    "mean_ci",
+    "exponent_verdict",
+    "short_time_verdict",
+    "condition8_verdict",
+    "improvement_verdict",
+    "bias_corrected_distance",
+]
+
+SOURCE = "Fioresi & Chaudhari, poster (main result, eqs. 7–8); Fioresi, Chaudhari & Soatto 2020"
+PAPER_SETTING = "analytic; a two-layer network asserted to satisfy (8); no experiment"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One profile of the experiment.
+
+    Attributes:
+      data: ``"digits"`` (64 inputs) or ``"mnist"`` (MNIST-5k, 7×7 average-pooled: 49 inputs).
+      n_examples: N, the examples of the flows (the full batch) and of the SGD runs.
+      hidden: hidden width of the tanh MLP ``in → hidden → 10``.
+      cs: field strengths ``c = ε·λ_max(D(w₀))`` (log grid, 1e-3 … 1).
+      weak_field: the largest c counted as weak field in the verdicts.
+      lr: η of the SGD runs; ``t = kη``.
+      batch_size: SGD minibatch size b.
+      sub_steps: saved times below one SGD step, ``t = η·2^{-j}`` for j = 1…sub_steps
+        (short-time exponents).
+      max_steps_log2: the saved SGD steps are k = 1, 2, 4, …, 2^max_steps_log2.
+      replicas: SGD runs per initialisation (vmapped).
+      rtol: relative (= absolute) tolerance of the ODE solves.
+    """
+
+    data: str
+    n_examples: int
+    hidden: int
+    cs: tuple[float, ...]
+    weak_field: float
+    lr: float
+    batch_size: int
+    sub_steps: int
+    max_steps_log2: int
+    replicas: int
+    rtol: float = 1e-8
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Saved times in SGD steps (fractional below 1)."""
+        sub = [2.0**-j for j in range(self.sub_steps, 0, -1)]
+        return np.array(sub + [2.0**j for j in range(self.max_steps_log2 + 1)])
+
+
+CONFIGS = {
+    "tiny": Config(
+        data="digits", n_examples=32, hidden=4, cs=(1e-3, 1e-2, 1e-1, 1.0), weak_field=0.1,
+        lr=0.1, batch_size=8, sub_steps=2, max_steps_log2=3, replicas=16, rtol=1e-9,
+    ),
+    "default": Config(
+        data="digits", n_examples=128, hidden=8,
+        cs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0), weak_field=0.1,
+        lr=0.1, batch_size=16, sub_steps=3, max_steps_log2=6, replicas=64,
+    ),
+    "full": Config(
+        data="mnist", n_examples=512, hidden=16,
+        cs=tuple(float(c) for c in np.geomspace(1e-3, 1.0, 13)), weak_field=0.1,
+        lr=0.1, batch_size=32, sub_steps=4, max_steps_log2=8, replicas=256,
+    ),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics and verdict rules (pure; tested on synthetic data with known answers)
+# --------------------------------------------------------------------------------------------
+
+
+def local_exponents(x, y):
+    """Local log-log slopes ``Δlog y / Δlog x`` between consecutive points (last axis).
+
+    ``y = a·x^p`` gives ``p`` everywhere; the slopes of a law that changes regime change with
+    it, which a single fit across regimes hides.
+    """
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    return np.diff(np.log(y), axis=-1) / np.diff(np.log(x))
+
+
+def mean_ci(values, level: float = 0.95):
+    """Mean and the half-width of its Student-t confidence interval (None for one value)."""
+    from scipy import stats
+
+    v = np.asarray(values, float).ravel()
+    m = float(v.mean())
+    if v.size < 2:
+        return m, None
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return m, float(half)
+
+
+def exponent_verdict(exponents, target: float, tol: float):
+    """``reproduced`` if the mean local exponent is within ``tol`` of ``target`` (and so is its
+    CI when there is one), ``not_reproduced`` if the CI excludes the band, else
+    ``inconclusive``. Returns ``(verdict, mean, half_width)``."""
+    m, half = mean_ci(exponents)
+    h = 0.0 if half is None else half
+    if abs(m - target) + h <= tol:
+        return "reproduced", m, half
+    if abs(m - target) - h > tol:
+        return "not_reproduced", m, half
+    return "inconclusive", m, half
+
+
+def short_time_verdict(t_exponents, ratios, *, tol_exponent=0.1, tol_ratio=0.1):
+    """The short-time law ``|w_GRD − w_NGD| ≈ ½|R₀|t²``: ``reproduced`` if the local exponent in
+    t is within ``tol_exponent`` of 2 and the ratio distance/(½|R₀|t²) within ``tol_ratio`` of
+    1 (means over weak-field strengths and seeds); ``not_reproduced`` if either is outside its
+    band by more than its CI; else ``inconclusive``. Returns ``(verdict, exponent, ratio)``."""
+    ve, e, _ = exponent_verdict(t_exponents, 2.0, tol_exponent)
+    vr, r, _ = exponent_verdict(ratios, 1.0, tol_ratio)
+    if ve == vr == "reproduced":
+        return "reproduced", e, r
+    if "not_reproduced" in (ve, vr):
+        return "not_reproduced", e, r
+    return "inconclusive", e, r
+
+
+def condition8_verdict(r8_per_seed, *, holds_below=0.1, fails_above=0.5):
+    """Condition (8) ``holds`` if the relative size ``r₈`` of its left-hand side is small:
+    ``reproduced`` if the CI's upper end is below ``holds_below``, ``not_reproduced`` if its
+    lower end is above ``fails_above``, else ``inconclusive``."""
+    m, half = mean_ci(r8_per_seed)
+    h = 0.0 if half is None else half
+    if m + h < holds_below:
+        return "reproduced", m, half
+    if m - h > fails_above:
+        return "not_reproduced", m, half
+    return "inconclusive", m, half
+
+
+def improvement_verdict(ratios, *, margin=0.05):
+    """A flow tracks the target better than the reference: per-seed ratios
+    ``d_flow / d_reference``; ``reproduced`` if the CI lies below 1, ``not_reproduced`` if it
+    lies above ``1 − margin`` (a gain smaller than ``margin`` at best), else
+    ``inconclusive``."""
+    m, half = mean_ci(ratios)
+    h = 0.0 if half is None else half
+    if m + h < 1.0:
+        return "reproduced", m, half
+    if m - h > 1.0 - margin:
+        return "not_reproduced", m, half
+    return "inconclusive", m, half
+
+
+def bias_corrected_distance(w_flow, replicas):
+    """``|w_flow − E w|`` estimated from replicas ``(R, ..., d)`` of a random ``w``.
+
+    ``|w_flow − w̄|² − tr Ĉov/R`` is unbiased for ``|w_flow − E w|²`` (``w̄`` is noisy by
+    ``tr Cov/R``); its square root, floored at 0. Returns ``(distance, spread)`` with
+    ``spread = sqrt(tr Ĉov)``, the distance of one run from the mean.
+    """
+    replicas = np.asarray(replicas, float)
+    n = replicas.shape[0]
+    mean = replicas.mean(0)
+    tr_cov = replicas.var(0, ddof=1).sum(-1)
+    d2 = ((np.asarray(w_flow, float) - mean) ** 2).sum(-1) - tr_cov / n
+    return np.sqrt(np.maximum(d2, 0.0)), np.sqrt(tr_cov)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (public grd API only)
+# --------------------------------------------------------------------------------------------
+
+
+def _load(cfg: Config):
+    from .. import data as gdata
+
+    if cfg.data == "digits":
+        train = gdata.load_digits(cfg.n_examples, seed=0, dtype=np.float64)
+    elif cfg.data == "mnist":
+        train = gdata.load_mnist(cfg.n_examples, seed=0, dtype=np.float64, pool=4)
+    else:
+        raise ValueError(f"Config.data must be 'digits' or 'mnist'; got {cfg.data!r}.")
+    return train
+
+
+def condition8_ratio(loss_fn, params, batch, v, a):
+    """``r₈ = rms_a|q_a − q̄| / rms_a|q_a|`` with ``q_a = ∇³f_a[v, v] + H_a a`` (nested JVPs):
+    the second time derivative of the per-example gradients along a path through ``params``
+    with velocity ``v`` and acceleration ``a``; condition (8) of the poster is ``q_a = q̄``."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    def grads(p):
+        g = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(p, batch)
+        return jax.vmap(lambda t: ravel_pytree(t)[0])(g)
+
+    def hv(p):
+        return jax.jvp(grads, (p,), (v,))[1]
+
+    q = jax.jvp(hv, (params,), (v,))[1] + jax.jvp(grads, (params,), (a,))[1]
+    qc = q - q.mean(0)
+    return jnp.sqrt(jnp.mean(jnp.sum(qc**2, 1)) / jnp.mean(jnp.sum(q**2, 1)))
+
+
+def _shared_hessian_control(seed: int):
+    """r₈ on the shared-Hessian model ``f_a = ½wᵀBw + r_a·w`` (theory §5), where (8) holds
+    exactly, at a random state (v, a): the estimator's value when the answer is 0."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    d, n = 6, 12
+    m = rng.normal(size=(d, d))
+    b_mat = jnp.asarray(m @ m.T / d + np.eye(d))
+    batch = {"r": jnp.asarray(rng.normal(size=(n, d)))}
+
+    def loss(w, ex):
+        return 0.5 * w["w"] @ b_mat @ w["w"] + ex["r"] @ w["w"]
+
+    w, v, a = ({"w": jnp.asarray(rng.normal(size=d))} for _ in range(3))
+    return float(jax.jit(lambda w, v, a: condition8_ratio(loss, w, batch, v, a))(w, v, a))
+
+
+def _build(cfg: Config, ts):
+    """The jit-compiled measurements (compiled once, reused for every seed and ε)."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.flatten_util import ravel_pytree
+
+    import grd
+    from grd.models.mlp import init_mlp, mlp_classifier
+
+    train = _load(cfg)
+    batch = {"x": jnp.asarray(train["x"]), "y": jnp.asarray(train["y"], jnp.int32)}
+    model, loss_fn = mlp_classifier((cfg.hidden,))
+    in_dim = int(batch["x"].shape[1])
+    ts = jnp.asarray(ts)
+    saveat = diffrax.SaveAt(ts=ts)
+    tol = dict(rtol=cfg.rtol, atol=cfg.rtol)
+    flatten = jax.vmap(lambda p: ravel_pytree(p)[0])
+    norm = optax.tree.norm
+
+    def init(seed):
+        return init_mlp(model, jax.random.PRNGKey(seed), in_dim, jnp.float64)
+
+    def mean_loss(w, b):
+        return jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(w, b))
+
+    @jax.jit
+    def grd_and_ngd(w0, eps):
+        v0 = grd.ngd_velocity(loss_fn, w0, batch, eps)
+        r0 = norm(grd.grd_residual(loss_fn, w0, batch, v0, eps))
+        common = dict(t1=ts[-1], eps=eps, saveat=saveat, **tol)
+        sol_g = grd.integrate(loss_fn, w0, batch, flow="grd", v0=v0, **common)
+        sol_n = grd.integrate(loss_fn, w0, batch, flow="ngd", **common)
+        w_g, v_g = sol_g.ys
+        field = grd.flow_field(loss_fn, batch, flow="grd", eps=eps)
+
+        def r8_at(state):
+            w, v = state
+            acc = field(0.0, (w, v), None)[1]
+            return condition8_ratio(loss_fn, w, batch, v, acc)
+
+        r8 = jax.lax.map(r8_at, (w_g, v_g))
+        return r0, flatten(w_g), flatten(sol_n.ys), r8
+
+    def full_grad(w):
+        return jax.grad(mean_loss)(w, batch)
+
+    def ir_loss(h):
+        # Per-example form of f + (h/4)|∇f|²: the mean over a of f_a + (h/4)∇f_a·∇f(w) is the
+        # modified loss, and its gradient is ∇f + (h/2)H∇f (∇f(w) does not depend on the
+        # example, so vmap computes it once).
+        def loss(w, ex):
+            ga = jax.grad(loss_fn)(w, ex)
+            return loss_fn(w, ex) + h / 4 * optax.tree.vdot(ga, full_grad(w))
+
+        return loss
+
+    @jax.jit
+    def gd_and_ir(w0):
+        def path(h):
+            sol = grd.integrate(ir_loss(h), w0, batch, flow="gd", t1=ts[-1], saveat=saveat, **tol)
+            return flatten(sol.ys)
+
+        return jax.vmap(path)(jnp.asarray([0.0, cfg.lr]))
+
+    n = cfg.n_examples
+    per_epoch = n // cfg.batch_size
+    save_steps = jnp.asarray(2 ** np.arange(cfg.max_steps_log2 + 1))
+    num_steps = int(save_steps[-1])
+
+    @jax.jit
+    def sgd_replicas(w0, key):
+        grad = jax.grad(mean_loss)
+
+        def one(key):
+            def body(carry, k):
+                w, out = carry
+                perm = jax.random.permutation(jax.random.fold_in(key, k // per_epoch), n)
+                idx = jax.lax.dynamic_slice(perm, ((k % per_epoch) * cfg.batch_size,),
+                                            (cfg.batch_size,))  # fmt: skip
+                mb = jax.tree_util.tree_map(lambda x: x[idx], batch)
+                w = jax.tree_util.tree_map(lambda p, g: p - cfg.lr * g, w, grad(w, mb))
+                j = jnp.searchsorted(save_steps, k + 1)
+                hit = save_steps[jnp.minimum(j, save_steps.size - 1)] == k + 1
+                out = jnp.where(hit, out.at[j].set(ravel_pytree(w)[0]), out)
+                return (w, out), None
+
+            out = jnp.zeros((save_steps.size, ravel_pytree(w0)[0].size), jnp.float64)
+            (_, out), _ = jax.lax.scan(body, (w0, out), jnp.arange(num_steps))
+            return out
+
+        return jax.vmap(one)(jax.random.split(key, cfg.replicas))
+
+    def lam_max(w0):
+        d = ravel_pytree(w0)[0].size
+        return float(grd.lambda_max(loss_fn, w0, batch, num_matvecs=min(d, 40)))
+
+    return dict(
+        init=init, lam_max=lam_max, grd_and_ngd=grd_and_ngd, gd_and_ir=gd_and_ir,
+        sgd_replicas=sgd_replicas, in_dim=in_dim,
+    )  # fmt: skip
+
+
+def _measure_seed(cfg: Config, fns, ts, seed: int, ctx: Context):
+    """Everything measured from one initialisation (checkpointed per ε)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    w0 = fns["init"](seed)
+    lam0 = fns["lam_max"](w0)
+    d = ravel_pytree(w0)[0].size
+    nc, nt = len(cfg.cs), len(ts)
+    state = {
+        "r0": np.zeros(nc), "r8": np.zeros((nc, nt)),
+        "w_grd": np.zeros((nc, nt, d)), "w_ngd": np.zeros((nc, nt, d)),
+    }  # fmt: skip
+
+    def step(state, i):
+        i = int(i)
+        r0, wg, wn, r8 = jax.device_get(fns["grd_and_ngd"](w0, jnp.asarray(cfg.cs[i] / lam0)))
+        state = {k: np.array(v) for k, v in state.items()}
+        state["r0"][i], state["r8"][i] = r0, r8
+        state["w_grd"][i], state["w_ngd"][i] = wg, wn
+        return state
+
+    state = ctx.checkpointed(f"flows_seed{seed}", step, state, nc, every=1)
+    gd_ir = np.asarray(jax.device_get(fns["gd_and_ir"](w0)))
+    sgd = np.asarray(jax.device_get(fns["sgd_replicas"](w0, jax.random.PRNGKey(1000 + seed))))
+    return dict(lam0=lam0, d=d, w0=np.asarray(ravel_pytree(w0)[0]), gd=gd_ir[0], ir=gd_ir[1],
+                sgd=sgd, **{k: np.asarray(v) for k, v in state.items()})  # fmt: skip
+
+
+def _sgd_comparison(cfg: Config, m, k_index):
+    """Time-averaged bias-corrected distance of each flow to the SGD mean (integer steps only),
+    ε of NGD/GRD fitted on one half of the replicas and evaluated on the other (both ways)."""
+    sgd = m["sgd"]
+    halves = (sgd[0::2], sgd[1::2])
+    out = {"gd": [], "ir": [], "ngd": [], "grd": [], "c_ngd": [], "c_grd": []}
+    for fit, ev in ((0, 1), (1, 0)):
+        for name in ("gd", "ir"):
+            out[name].append(bias_corrected_distance(m[name][k_index], halves[ev])[0].mean())
+        for name in ("ngd", "grd"):
+            paths = m[f"w_{name}"][:, k_index]  # (C, K, d)
+            fit_d = np.array([bias_corrected_distance(p, halves[fit])[0].mean() for p in paths])
+            best = int(np.argmin(fit_d))
+            out[name].append(bias_corrected_distance(paths[best], halves[ev])[0].mean())
+            out[f"c_{name}"].append(cfg.cs[best])
+    res = {k: float(np.mean(v)) for k, v in out.items() if not k.startswith("c_")}
+    res["c_ngd"], res["c_grd"] = out["c_ngd"], out["c_grd"]
+    curves = {}
+    for name in ("gd", "ir"):
+        curves[name] = bias_corrected_distance(m[name][k_index], sgd)[0]
+    for name in ("ngd", "grd"):
+        paths = m[f"w_{name}"][:, k_index]
+        per_c = np.array([bias_corrected_distance(p, sgd)[0] for p in paths])
+        curves[f"{name}_per_c"] = per_c.mean(1)
+        curves[name] = per_c[int(np.argmin(per_c.mean(1)))]
+    # Uncertainty over the replicas: bootstrap (resampling the SGD runs) of each curve.
+    rng = np.random.default_rng(0)
+    boot = [sgd[rng.integers(0, sgd.shape[0], sgd.shape[0])] for _ in range(200)]
+    for name in ("gd", "ir", "ngd", "grd"):
+        path = m[name][k_index] if name in ("gd", "ir") else None
+        if path is None:
+            paths = m[f"w_{name}"][:, k_index]
+            path = paths[int(np.argmin(curves[f"{name}_per_c"]))]
+        samples = np.array([bias_corrected_distance(path, b)[0] for b in boot])
+        curves[f"{name}_ci95"] = np.percentile(samples, [2.5, 97.5], axis=0)
+    _, curves["spread"] = bias_corrected_distance(m["gd"][k_index], sgd)
+    curves["floor"] = curves["spread"] / math.sqrt(sgd.shape[0])
+    curves["gd_from_w0"] = np.linalg.norm(m["gd"][k_index] - m["w0"], axis=-1)
+    return res, curves
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "–"
+    x = float(x)
+    if x == 0 or 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits}g}"
+    return f"{x:.{max(digits - 1, 1)}e}"
+
+
+def _pm(m, half, digits=2):
+    return _fmt(m, digits + 1) if half is None else f"{_fmt(m, digits + 1)} ± {_fmt(half, 2)}"
+
+
+def run(cfg: Config, ctx: Context) -> Outcome:
+    """The experiment in float64 (the short-time laws need float64 solves), inside a scoped
+    x64 context: the process-wide setting seen by the other experiments is left unchanged."""
+    import jax
+
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # jax < 0.7 spells it jax.experimental.enable_x64
+        from jax.experimental import enable_x64
+    with enable_x64(True):
+        return _run(cfg, ctx)
+
+
+def _run(cfg: Config, ctx: Context) -> Outcome:
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = cfg.steps
+    ts = cfg.lr * steps
+    k_index = np.flatnonzero(steps >= 1)
+    fns = _build(cfg, ts)
+    seeds = tuple(ctx.seeds)
+    per_seed = [_measure_seed(cfg, fns, ts, s, ctx) for s in seeds]
+    cs = np.asarray(cfg.cs)
+    weak = cs <= cfg.weak_field * (1 + 1e-9)
+    weak_pairs = weak[1:] & weak[:-1]
+
+    # 1. |R0| and the distance: local exponents.
+    r0 = np.array([m["r0"] for m in per_seed])  # (S, C)
+    dist = np.array([np.linalg.norm(m["w_grd"] - m["w_ngd"], axis=-1) for m in per_seed])
+    r0_exp = local_exponents(cs, r0)  # (S, C-1)
+    dist_exp_eps = local_exponents(cs, np.moveaxis(dist, 1, 2))  # (S, T, C-1)
+    dist_exp_t = local_exponents(ts, dist)  # (S, C, T-1)
+    ratio = dist / (0.5 * r0[:, :, None] * ts**2)  # (S, C, T)
+    # A first-order law is a statement about ε → 0: its exponent is the local one at the
+    # smallest field strengths; the rest of the weak-field range shows the approach.
+    v_r0, e_r0, h_r0 = exponent_verdict(r0_exp[:, 0], 1.0, 0.05)
+    v_de, e_de, h_de = exponent_verdict(dist_exp_eps[:, 0, 0], 1.0, 0.05)
+    weak_range = (float(r0_exp[:, weak_pairs].mean(0).min()), float(r0_exp[:, 0].mean()))
+    v_st, e_st, ratio_st = short_time_verdict(
+        dist_exp_t[:, weak, 0].mean(1), ratio[:, weak, 0].mean(1)
+    )
+    _, h_st = mean_ci(dist_exp_t[:, weak, 0].mean(1))
+    strong_r0_exp = r0_exp[:, ~weak_pairs].mean(0) if (~weak_pairs).any() else np.array([])
+    # The fit the review criticised: one log-log slope across c ∈ [0.1, 1] at the last time.
+    strong = cs >= cfg.weak_field * (1 - 1e-9)
+    across = (
+        float(np.mean([np.polyfit(np.log(cs[strong]), np.log(d[strong, -1]), 1)[0]
+                       for d in dist]))
+        if strong.sum() >= 2 else None
+    )  # fmt: skip
+
+    # 2. condition (8).
+    r8 = np.array([m["r8"] for m in per_seed])  # (S, C, T)
+    r8_seed = np.median(r8[:, weak].reshape(len(seeds), -1), axis=1)
+    control = _shared_hessian_control(0)
+    v_8, m_8, h_8 = condition8_verdict(r8_seed)
+
+    # 3. the flows against the mean of SGD.
+    comps, curves = zip(*(_sgd_comparison(cfg, m, k_index) for m in per_seed), strict=True)
+    flows = ("gd", "ngd", "grd", "ir")
+    dist_sgd = {f: np.array([c[f] for c in comps]) for f in flows}
+    rel = {f: dist_sgd[f] / dist_sgd["gd"] for f in flows}
+    v_grd, m_grd, h_grd = improvement_verdict(rel["grd"])
+    grd_over_ngd = mean_ci(dist_sgd["grd"] / dist_sgd["ngd"])
+    v_ir, m_ir, h_ir = improvement_verdict(rel["ir"])
+    best_flow = [flows[int(np.argmin([c[f] for f in flows]))] for c in comps]
+
+    label = {"gd": "GD", "ngd": "NGD(ε*)", "grd": "GRD(ε*)", "ir": "f + (η/4)|∇f|²"}
+    d = per_seed[0]["d"]
+    our = (
+        f"{cfg.data} N = {cfg.n_examples}, MLP {fns['in_dim']}-{cfg.hidden}-10 (d = {d}), "
+        f"float64, {len(seeds)} initialisations"
+    )
+    weak_txt = f"c = ε·λ_max ≤ {_fmt(cfg.weak_field)}"
+    findings = [
+        Finding(
+            claim="GRD gives NGD (eq. 7): corrected, the acceleration gap |R₀| is first order "
+            "in ε (local exponent 1) in the weak field",
+            source=SOURCE + "; theory §5",
+            paper_setting=PAPER_SETTING,
+            our_setting=our + f", {weak_txt}",
+            measured=e_r0,
+            uncertainty=h_r0,
+            null=None,
+            verdict=v_r0,
+            reason="Local exponent d log|R₀|/d log ε between the two smallest c "
+            f"({_fmt(cs[0])}, {_fmt(cs[1])}), mean over seeds ± 95 % t-CI; reproduced if within "
+            "0.05 of 1 including the CI, not reproduced if the CI excludes that band. Over "
+            f"{weak_txt} it runs from {_fmt(weak_range[1])} down to {_fmt(weak_range[0])}; "
+            "above, it saturates (see the table).",
+            unit="local exponent in ε",
+        ),
+        Finding(
+            claim="From the same state GRD and NGD separate as ½|R₀|t² at short times",
+            source="theory §5 (correction of the poster's eq. 7–8)",
+            paper_setting=PAPER_SETTING,
+            our_setting=our + f", t = η/{2**cfg.sub_steps} … {2**cfg.max_steps_log2}η",
+            measured=e_st,
+            uncertainty=h_st,
+            null=None,
+            verdict=v_st,
+            reason="Local exponent of |w_GRD − w_NGD| in t between the two shortest times "
+            f"(mean over {weak_txt} and seeds, ± 95 % t-CI) within 0.1 of 2, and "
+            f"distance/(½|R₀|t²) at the shortest time within 0.1 of 1 (measured "
+            f"{_fmt(ratio_st)}).",
+            unit="local exponent in t",
+        ),
+        Finding(
+            claim="The GRD–NGD distance is first order in ε in the weak field (not ε^0.24, "
+            "a fit across regimes)",
+            source="issue 12 review of README's ε^0.24 t^1.82; theory §5",
+            paper_setting="earlier grd run: one log-log fit over ε·λ_max ∈ {0.1, 0.3, 1, 3}",
+            our_setting=our + ", local exponent at the two smallest c, shortest time",
+            measured=e_de,
+            uncertainty=h_de,
+            null=across,
+            verdict=v_de,
+            reason="Local exponent of the distance in ε at the shortest time between the two "
+            "smallest c (± 95 % t-CI) within 0.05 of 1; the null column is the single "
+            f"log-log fit over c ∈ [{_fmt(cfg.weak_field)}, {_fmt(cs[-1])}] at the last time "
+            "(the method the review criticised).",
+            unit="local exponent in ε",
+        ),
+        Finding(
+            claim="Condition (8), d²/dt² ∂_k f̂_α = 0, holds for a two-layer network",
+            source="Fioresi & Chaudhari, poster (Application, after eq. 8)",
+            paper_setting=PAPER_SETTING,
+            our_setting=our + ", measured along the GRD paths (nested JVPs)",
+            measured=m_8,
+            uncertainty=h_8,
+            null=control,
+            verdict=v_8,
+            reason="r₈ = rms_a|q_a − q̄|/rms_a|q_a|, q_a = d²/dt² ∇f_a along the path (0 iff (8) "
+            "holds), median over times and weak-field ε per seed, mean ± 95 % t-CI; "
+            "reproduced if < 0.1, not reproduced if > 0.5; null: the shared-Hessian model "
+            "where (8) holds exactly.",
+            unit="r₈",
+        ),
+        Finding(
+            claim="GRD (the geodesic model of SGD's anisotropy) describes SGD",
+            source="Fioresi & Chaudhari, poster (main result)",
+            paper_setting=PAPER_SETTING,
+            our_setting=our + f", mean of {cfg.replicas} SGD runs (η = {_fmt(cfg.lr)}, "
+            f"b = {cfg.batch_size}) over {2**cfg.max_steps_log2} steps",
+            measured=m_grd,
+            uncertainty=h_grd,
+            null=1.0,
+            verdict=v_grd,
+            reason="Ratio of the time-averaged bias-corrected distance to the SGD mean, "
+            "GRD(ε fitted on half of the replicas, scored on the other half) over GD (the "
+            "null, ratio 1), mean ± 95 % t-CI over seeds; reproduced if the CI lies below 1, "
+            f"not reproduced if above 0.95. GRD against NGD(ε fitted alike): ratio "
+            f"{_pm(*grd_over_ngd)}.",
+            unit="distance ratio GRD/GD",
+        ),
+        Finding(
+            claim="The implicit-regularisation flow of f + (η/4)|∇f|² tracks the iterates "
+            "better than the gradient flow",
+            source="Barrett & Dherin 2021 (ICLR), for GD; Smith et al. 2021 for mean SGD",
+            paper_setting="GD iterates, backward error analysis (first order in η)",
+            our_setting=our + f", mean of {cfg.replicas} SGD runs",
+            measured=m_ir,
+            uncertainty=h_ir,
+            null=1.0,
+            verdict=v_ir,
+            reason="Ratio of its time-averaged bias-corrected distance to the SGD mean over "
+            "GD's (the null, 1), mean ± 95 % t-CI over seeds; reproduced if the CI lies "
+            "below 1, not reproduced if above 0.95.",
+            unit="distance ratio IR/GD",
+        ),
+    ]
+
+    # Figures.
+    cmap = plt.get_cmap("viridis")
+    colors = [cmap(i / max(len(cs) - 1, 1)) for i in range(len(cs))]
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.5))
+    ax = axes[0, 0]
+    for s, row in zip(seeds, r0, strict=True):
+        ax.loglog(cs, row, "o-", ms=3, label=f"seed {s}")
+    ax.loglog(cs, r0[:, 0].mean() * cs / cs[0], "k:", label="slope 1")
+    ax.axvline(cfg.weak_field, color="0.6", lw=0.8)
+    ax.set(xlabel="c = ε·λ_max(D(w₀))", ylabel="|R₀| (GRD − NGD acceleration)",
+           title="Acceleration gap at t = 0")  # fmt: skip
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    cmid = np.sqrt(cs[1:] * cs[:-1])
+    for s, row in zip(seeds, r0_exp, strict=True):
+        ax.semilogx(cmid, row, "o-", ms=3, label=f"|R₀|, seed {s}")
+    ax.semilogx(cmid, dist_exp_eps[:, 0].mean(0), "ks--", ms=3,
+                label="distance at shortest t (mean)")  # fmt: skip
+    ax.axhline(1.0, color="0.5", lw=0.8)
+    ax.axvline(cfg.weak_field, color="0.6", lw=0.8)
+    ax.set(xlabel="c (midpoint of consecutive grid values)", ylabel="local exponent in ε",
+           title="Local exponents in ε")  # fmt: skip
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    for i, col in enumerate(colors):
+        ax.loglog(steps, dist[0, i], "o-", ms=3, color=col, label=f"c = {_fmt(cs[i], 2)}")
+        ax.loglog(steps, 0.5 * r0[0, i] * ts**2, ":", color=col)
+    ax.set(xlabel="t / η (SGD steps)", ylabel="|w_GRD(t) − w_NGD(t)|",
+           title=f"Distance (solid) and ½|R₀|t² (dotted), seed {seeds[0]}")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2)
+    ax = axes[1, 1]
+    tmid = np.sqrt(steps[1:] * steps[:-1])
+    for i, col in enumerate(colors):
+        ax.semilogx(tmid, dist_exp_t[:, i].mean(0), "o-", ms=3, color=col,
+                    label=f"c = {_fmt(cs[i], 2)}")  # fmt: skip
+    ax.axhline(2.0, color="0.5", lw=0.8)
+    ax.set(xlabel="t / η (SGD steps, midpoints)", ylabel="local exponent in t",
+           title="Local exponent of the distance in t (mean over seeds)")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig_laws = Figure(
+        "poster_grd_ngd_laws",
+        "Top: |R₀| against the field strength c and its local exponents in ε (grey line: the "
+        "weak-field limit used in the verdicts). Bottom: the GRD–NGD distance against time in "
+        "SGD steps with the first-order prediction ½|R₀|t², and its local exponent in t.",
+        figure_png(fig),
+    )
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    ax = axes[0]
+    for i, col in enumerate(colors):
+        ax.semilogx(steps, r8[:, i].mean(0), "o-", ms=3, color=col, label=f"c = {_fmt(cs[i], 2)}")
+    ax.axhline(max(control, 1e-16), color="r", ls="--", label="shared-Hessian control")
+    ax.set(xlabel="t / η (SGD steps)", ylabel="r₈ = rms|q_a − q̄| / rms|q_a|", ylim=(-0.02, 1.05),
+           title="Condition (8) along the GRD paths (mean over seeds)")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2)
+    ax = axes[1]
+    ax.semilogx(cs, np.array([c["ngd_per_c"] for c in curves]).mean(0), "o-", label="NGD(ε)")
+    ax.semilogx(cs, np.array([c["grd_per_c"] for c in curves]).mean(0), "s--", label="GRD(ε)")
+    for f, ls in (("gd", "k-"), ("ir", "g:")):
+        ax.axhline(np.mean([c[f].mean() for c in curves]), color=ls[0], ls=ls[1:],
+                   label=label[f])  # fmt: skip
+    ax.set(xlabel="c = ε·λ_max(D(w₀))", ylabel="time-mean distance to the SGD mean",
+           title="Fit of ε (all replicas, mean over seeds)")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig_c8 = Figure(
+        "poster_grd_ngd_condition8",
+        "Left: the relative size r₈ of the left-hand side of condition (8) along the GRD paths "
+        "(0 where (8) holds; dashed: the shared-Hessian model, where it holds exactly). Right: "
+        "distance of NGD(ε) and GRD(ε) to the mean of the SGD runs, against ε.",
+        figure_png(fig),
+    )
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ks = steps[k_index]
+    c0 = curves[0]
+    for f, style in (("gd", "k-"), ("ngd", "b--"), ("grd", "m:"), ("ir", "g-.")):
+        ax.semilogx(ks, c0[f], style, marker="o", ms=3, label=label[f])
+        ax.fill_between(ks, *c0[f"{f}_ci95"], color=style[0], alpha=0.12)
+    ax.semilogx(ks, c0["floor"], color="0.5", lw=0.8, label="s.e. of the SGD mean")
+    ax.set(xlabel="k (SGD steps, t = kη)", ylabel="bias-corrected distance to the SGD mean",
+           title=f"Which flow tracks mean SGD (seed {seeds[0]})")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig_sgd = Figure(
+        "poster_grd_ngd_sgd_mean",
+        f"Distance of each deterministic flow to the mean of {cfg.replicas} SGD runs from the "
+        "same start (bias-corrected for the replicas' finite number; bands: 95 % bootstrap "
+        "over the replicas), ε of NGD and GRD fitted on all replicas; grey: the standard error "
+        f"of the SGD mean (one run lies ≈ {_fmt(float(c0['spread'].mean()), 2)} from it).",
+        figure_png(fig),
+    )
+
+    # Tables.
+    rows_eps = []
+    for i, c in enumerate(cs):
+        rows_eps.append([
+            _fmt(c, 2),
+            _pm(*mean_ci(r0[:, i])),
+            _pm(*mean_ci(r0_exp[:, i])) if i < len(cs) - 1 else "–",
+            _pm(*mean_ci(dist[:, i, 0])),
+            _pm(*mean_ci(dist_exp_t[:, i, 0])),
+            _pm(*mean_ci(ratio[:, i, 0])),
+            _pm(*mean_ci(dist[:, i, -1])),
+            _pm(*mean_ci(np.median(r8[:, i], axis=1))),
+        ])  # fmt: skip
+    t_eps = Table(
+        "Per field strength c (mean ± 95 % t-CI over initialisations). Exponents: local, to "
+        "the next c (in ε) or between the two shortest times (in t).",
+        ["c = ε·λ_max", "|R₀|", "exponent of |R₀| in ε", f"distance at t = η/{2**cfg.sub_steps}",
+         "exponent in t", "distance / (½|R₀|t²)", f"distance at t = {2**cfg.max_steps_log2}η",
+         "r₈ (median over t)"],
+        rows_eps,
+    )  # fmt: skip
+    rows_sgd = []
+    for f in flows:
+        fitted = ""
+        if f in ("ngd", "grd"):
+            fitted = ", ".join(_fmt(np.exp(np.mean(np.log(c[f"c_{f}"]))), 2) for c in comps)
+        rows_sgd.append([
+            label[f], _pm(*mean_ci(dist_sgd[f])), _pm(*mean_ci(rel[f])),
+            str(sum(b == f for b in best_flow)), fitted or "–",
+        ])  # fmt: skip
+    t_sgd = Table(
+        f"Distance to the mean of {cfg.replicas} SGD runs, averaged over k = 1 … "
+        f"{2**cfg.max_steps_log2} (cross-fitted halves; mean ± 95 % t-CI over initialisations)",
+        ["flow", "time-mean distance", "ratio to GD", "best in (seeds)", "fitted c per seed"],
+        rows_sgd,
+    )
+    spread = float(np.mean([c["spread"].mean() for c in curves]))
+    floor = float(np.mean([c["floor"].mean() for c in curves]))
+    path_len = float(np.mean([c["gd_from_w0"][-1] for c in curves]))
+    strong_txt = ", ".join(_fmt(x, 2) for x in strong_r0_exp)
+    paragraphs = [
+        "What the sources did: the poster and the Entropy paper derive GRD → NGD analytically "
+        "(first order in ε, weak-field inverse), assert condition (8) for a two-layer network, "
+        "and report no experiment. What we did: a tanh MLP on "
+        f"{'the scikit-learn digits' if cfg.data == 'digits' else 'MNIST-5k pooled to 7×7'} "
+        f"({our}), exact flows (CG inverse of g = I + εD, exact Christoffel symbols, Tsit5, "
+        f"rtol = atol = {cfg.rtol:g}) from each initialisation, GRD started on the NGD "
+        f"velocity, ε = c/λ_max(D(w₀)) for c on a log grid {_fmt(cs[0])} … {_fmt(cs[-1])}. Time "
+        f"is in SGD steps of η = {_fmt(cfg.lr)} (t = kη).",
+        f"Weak field: the local exponent of |R₀| in ε at the smallest c is {_pm(e_r0, h_r0)} "
+        f"and falls to {_fmt(weak_range[0])} by c = {_fmt(cfg.weak_field)} (the first-order law "
+        "is the limit ε → 0); the distance's at the shortest time is "
+        f"{_pm(e_de, h_de)}. Over {weak_txt} the distance's exponent in t at "
+        f"short times is {_pm(e_st, h_st)} with distance/(½|R₀|t²) = {_fmt(ratio_st)}. Above "
+        f"the weak field the exponent of |R₀| falls to {strong_txt or '–'} (consecutive c): the "
+        "first-order law saturates, and a single fit across c ∈ "
+        f"[{_fmt(cfg.weak_field)}, {_fmt(cs[-1])}] gives "
+        f"{_fmt(across) if across is not None else '–'} — the kind of exponent the review "
+        "rejected.",
+        f"Condition (8): r₈ = {_pm(m_8, h_8)} along the paths (shared-Hessian control: "
+        f"{control:.1e}). The per-example gradients' second time derivatives are far from "
+        "equal, so (8) does not hold for this two-layer network; and theory §5 shows it would "
+        "not be sufficient anyway.",
+        f"Mean SGD: {cfg.replicas} SGD runs per initialisation (b = {cfg.batch_size}, fresh "
+        "minibatch order per run) from the flows' start. Over "
+        f"{2**cfg.max_steps_log2} steps GD moves {_fmt(path_len)} from w₀; one SGD run lies "
+        f"{_fmt(spread)} from the mean (time-averaged) and the mean itself is uncertain by "
+        f"{_fmt(floor)}. Best flow per seed: {', '.join(label[b] for b in best_flow)}. The "
+        "distances subtract the replicas' own noise (|w − w̄|² − tr Ĉov/R), and ε is fitted on "
+        "half of the replicas and scored on the other half, so GRD and NGD get no free "
+        "advantage from fitting.",
+    ]
+    section = Section(
+        "poster_grd_ngd",
+        "The poster's GRD vs NGD: first-order laws, condition (8), and mean SGD",
+        paragraphs,
+        [t_eps, t_sgd],
+        [fig_laws, fig_c8, fig_sgd],
+    )
+    metrics = {
+        "config": dataclasses.asdict(cfg),
+        "seeds": list(seeds),
+        "d": d,
+        "ts": ts,
+        "t_over_eta": steps,
+        "lambda_max_w0": [m["lam0"] for m in per_seed],
+        "residual_norm_t0": r0,
+        "residual_exponent_eps": r0_exp,
+        "distance_grd_ngd": dist,
+        "distance_exponent_eps": dist_exp_eps,
+        "distance_exponent_t": dist_exp_t,
+        "distance_over_half_r0_t2": ratio,
+        "weak_field_exponent_r0": {"mean": e_r0, "ci95": h_r0},
+        "weak_field_exponent_distance_eps": {"mean": e_de, "ci95": h_de},
+        "short_time_exponent_t": {"mean": e_st, "ci95": h_st, "ratio": ratio_st},
+        "fit_across_regimes_exponent": across,
+        "condition8_r8": r8,
+        "condition8_r8_per_seed": r8_seed,
+        "condition8_control": control,
+        "sgd_mean": {
+            "distance": dist_sgd,
+            "ratio_to_gd": rel,
+            "fitted_c_ngd": [c["c_ngd"] for c in comps],
+            "fitted_c_grd": [c["c_grd"] for c in comps],
+            "ratio_grd_to_ngd": {"mean": grd_over_ngd[0], "ci95": grd_over_ngd[1]},
+            "best_flow": best_flow,
+            "spread": spread,
+            "standard_error_of_mean": floor,
+            "gd_path_length": path_len,
+            "curves_first_seed": {k: v for k, v in curves[0].items()},
+        },
+    }
+    return Outcome(section, metrics, findings)
+
+
+EXPERIMENT = Experiment(
+    name="poster_grd_ngd",
+    title="The poster's GRD vs NGD: first-order laws, condition (8), and mean SGD",
+    sources=(
+        "Fioresi & Chaudhari, poster",
+        "Fioresi, Chaudhari & Soatto, Entropy 22:101 (2020)",
+        "Barrett & Dherin, ICLR 2021",
+    ),
+    configs=CONFIGS,
+    run=run,
+)
