@@ -192,7 +192,8 @@ def main(argv=None):
             f"(threshold {float(st_r2.threshold):.2f}),"
             f" variance ratio {float(st_r2.variance_ratio[0]):.2f}; mean {r2.mean():.3g} against "
             f"the linear tr Σ = {traces[name]:.3g} (ratio {r2.mean() / traces[name]:.2f}).",
-            f"- slowest 8 coordinates (bottom of H, λ = {lam[0]:.2e} … {lam[K - 1]:.2e}): drift (8 batches per half) "
+            f"- slowest 8 coordinates (bottom of H, λ = {lam[0]:.2e} … {lam[K - 1]:.2e}): drift "
+            f"(8 batches per half) "
             f"max |z| = {float(st_slow.max_abs_z):.2f} / {float(st_slow.threshold):.2f}, variance "
             f"ratio {np.min(np.asarray(st_slow.variance_ratio)):.2f} … "
             f"{np.max(np.asarray(st_slow.variance_ratio)):.2f}; τ_int "
