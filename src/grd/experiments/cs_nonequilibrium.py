@@ -110,7 +110,8 @@ class CurrentJudgement(NamedTuple):
     Attributes:
       detected: a current is present (``max_abs_z`` above both thresholds).
       max_abs_z: max over planes of |rate|/se.
-      critical: two-sided Bonferroni critical value at ``level`` for the P planes.
+      critical: two-sided Bonferroni critical value at ``level`` for the P planes (Student t
+        with n_batches − 1 degrees of freedom).
       surrogate_q: the (1 − level) quantile of max |z| over reversible surrogates.
       n_planes: P.
       n_above: planes with |z| > ``critical``.
@@ -130,18 +131,19 @@ class CurrentJudgement(NamedTuple):
 
 
 def judge_current(
-    y, key, *, n_batches: int = 32, n_surrogates: int = 20, predicted=None, level: float = 0.05
+    y, key, *, n_batches: int = 32, n_surrogates: int = 20, predicted=None, level: float = 0.01
 ) -> CurrentJudgement:
     """Is there a probability current in the (T, k) projected series ``y``?
 
     Rule: z_p = a_p / se_p for the P = k(k − 1)/2 planes (:func:`grd.analysis.areal_velocity`,
-    batch means). A current is **detected** when max_p |z_p| exceeds both the two-sided
-    Bonferroni critical value Φ⁻¹(1 − level/(2P)) and the (1 − level) quantile of the same
+    batch means; under no current z_p ~ t with B − 1 degrees of freedom). A current is
+    **detected** when max_p |z_p| exceeds both the two-sided Bonferroni critical value
+    t_{B−1}⁻¹(1 − level/(2P)) and the (1 − level) quantile of the same
     max |z| over ``n_surrogates`` reversible Fourier surrogates of ``y``
     (:func:`grd.analysis.reversible_surrogate`: same auto- and symmetric cross-covariances,
     zero current). ``predicted`` (k × k) only adds the power check ``resolvable``.
     """
-    from scipy.stats import norm
+    from scipy.stats import t as t_dist
 
     y = jnp.asarray(y)
     k = y.shape[1]
@@ -149,7 +151,7 @@ def judge_current(
     rate, se = ga.areal_velocity(y, n_batches=n_batches, check_batches=False)
     z = np.asarray(rate)[i, j] / np.asarray(se)[i, j]
     p = len(i)
-    crit = float(norm.isf(level / (2 * p)))
+    crit = float(t_dist.isf(level / (2 * p), n_batches - 1))  # batch-means z ~ t(B − 1)
 
     null = np.asarray(_surrogate_max_z(y, jax.random.split(key, n_surrogates), n_batches))
     q = float(np.quantile(null, 1 - level))
@@ -199,7 +201,7 @@ def current_verdict(judgements, stationary) -> tuple[str, str]:
     if det == len(used):
         return "reproduced", (
             f"a current is detected in {det}/{len(used)} stationary runs (max |z| above the "
-            "Bonferroni value and the 95 % quantile of reversible surrogates)"
+            "Bonferroni 1 % value and the 99 % quantile of reversible surrogates)"
         )
     if det == 0:
         if all(jd.resolvable is not False for jd in used):
@@ -452,7 +454,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
                 "trace_sigma_linear": float(jnp.trace(sig)),
                 "max_abs_z": jd.max_abs_z,
                 "critical": jd.critical,
-                "surrogate_q95": jd.surrogate_q,
+                "surrogate_q99": jd.surrogate_q,
                 "planes_above": jd.n_above,
                 "detected": jd.detected,
                 "resolvable": bool(jd.resolvable),
@@ -541,15 +543,16 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
                 ),
                 measured=float(np.median(mz)),
                 uncertainty=float(np.std(mz)) if len(mz) > 1 else None,
-                null=float(np.median([r["surrogate_q95"] for r in used])),
+                null=float(np.median([r["surrogate_q99"] for r in used])),
                 verdict=verdict,
                 reason=(
                     f"{reason}. Rule: a run has a current when max over {n_planes} planes of "
-                    "|areal velocity|/se (batch means) exceeds the Bonferroni 5 % value and the "
-                    "95 % quantile of reversible Fourier surrogates; reproduced if every "
-                    "stationary seed has one, not reproduced if none has and the predicted one "
+                    "|areal velocity|/se (batch means) exceeds the Bonferroni 1 % value (Student "
+                    "t) and the 99 % quantile of reversible Fourier surrogates; reproduced if "
+                    "every stationary seed has one, not reproduced if none has and the predicted "
+                    "one "
                     "was resolvable. measured = median max |z| over seeds (± sd); null = "
-                    "median surrogate 95 % quantile."
+                    "median surrogate 99 % quantile."
                 ),
                 unit="max |z| over planes",
             )
@@ -572,7 +575,7 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
                     name,
                     str(r["seed"]),
                     f"{r['max_abs_z']:.1f}",
-                    f"{r['critical']:.2f} / {r['surrogate_q95']:.2f}",
+                    f"{r['critical']:.2f} / {r['surrogate_q99']:.2f}",
                     f"{r['planes_above']}/{n_planes}",
                     f"{r['slope']:.2f} ± {r['slope_se']:.2f}",
                     f"{r['corr']:.2f} ± {r['corr_se']:.2f}",
@@ -711,7 +714,9 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
         "fluctuation (Bonferroni 5 %). Runs that fail are not counted.",
         f"Verdict rule (per momentum setting): a run carries a current when the largest of the "
         f"{n_planes} |areal velocity|/se (batch means over {cfg.n_batches} batches) exceeds "
-        "both the Bonferroni 5 % critical value and the 95 % quantile of the same maximum over "
+        "both the Bonferroni 1 % critical value (Student t, B − 1 degrees of freedom; the "
+        "family-wise false-detection rate per run is 1 %) and the 99 % quantile of the same "
+        "maximum over "
         f"{cfg.n_surrogates} reversible Fourier surrogates of the run (same covariances, no "
         "current); reproduced if every stationary seed has one, not reproduced if none has "
         "while the linear prediction from (H, D) at w* would have been resolved, inconclusive "
@@ -743,7 +748,7 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
                 "run",
                 "seed",
                 "max |z|",
-                "Bonferroni / surrogate 95 %",
+                "Bonferroni 1 % / surrogate 99 %",
                 "planes above",
                 "slope (meas./pred.) ± jk",
                 "corr ± jk",
