@@ -383,7 +383,7 @@ def test_reversible_surrogate_kills_the_current_and_keeps_covariances():
     a, q, sig = _nonnormal()
     # 8 192 steps, 40 surrogates (was 16 384 and 50: 11 s of CPU, now ≈ half).
     xs = _simulate(a, q, 8_192 + 500, 1, jax.random.key(13))[500:, 0]
-    rate, se = areal_velocity(xs, n_batches=32)
+    rate, se = areal_velocity(xs, n_batches=16)  # 512-step batches > 20 τ_int
     assert abs(float(rate[0, 1] / se[0, 1])) > 10  # the original circulates (|z| ≈ 30)
     keys = jax.random.split(jax.random.key(14), 40)
     surr = jax.vmap(lambda k: reversible_surrogate(xs, k))(keys)  # (40, T, 2)

@@ -64,6 +64,9 @@ def test_verdict_rule_nonequilibrium_linear_process_has_a_current():
     assert verdict == "reproduced"
     # A run that failed the stationarity check is not counted; none left → inconclusive.
     assert current_verdict(judgements, [False] * 3)[0] == "inconclusive"
+    # Fewer than half of the seeds stationary → inconclusive, whatever they detect.
+    assert current_verdict(judgements, [True, False, False])[0] == "inconclusive"
+    assert current_verdict(judgements, [True, True, False])[0] == "reproduced"
     # Mixed seeds → inconclusive.
     mixed = [judgements[0], judgements[1]._replace(detected=False)]
     assert current_verdict(mixed, [True, True])[0] == "inconclusive"

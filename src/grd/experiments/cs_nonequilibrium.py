@@ -94,7 +94,11 @@ CONFIGS = {
         n_train=300, hidden=3, epochs=160, burn_epochs=8, n_surrogates=8, chunk_epochs=8
     ),
     # As many epochs as fit in ~90 s for 3 seeds × 2 momentum settings on 2 shared cores.
-    "default": Config(epochs=800, burn_epochs=40, n_surrogates=20, chunk_epochs=40),
+    # Weight decay 0.03: the slowest relaxation (≈ 80–300 epochs at 0.01, which left 2 of 3
+    # seeds non-stationary in 800 epochs) shortens, so stationarity is reachable in budget.
+    "default": Config(
+        weight_decay=3e-2, epochs=800, burn_epochs=40, n_surrogates=12, chunk_epochs=40
+    ),
     # The paper's scale in epochs (≥ 10⁴), still a tiny net.
     "full": Config(epochs=10_000, burn_epochs=200, n_surrogates=40, chunk_epochs=200),
 }
@@ -188,15 +192,20 @@ def _surrogate_max_z(y, keys, n_batches):
 def current_verdict(judgements, stationary) -> tuple[str, str]:
     """Verdict on "SGD carries a probability current" from the runs of one setting (one per seed).
 
-    Only runs whose stationarity diagnostic passed count. ``reproduced`` (current present) when
-    every counted run detects a current; ``not_reproduced`` when none does and every counted
-    run had the power to see its predicted current (or no prediction was given);
-    ``inconclusive`` when no run is stationary, when seeds disagree, or when the predicted
-    current is below the resolution. Returns ``(verdict, reason)``.
+    Only runs whose stationarity diagnostic passed count, and at least half of the runs must
+    pass it. ``reproduced`` (current present) when every counted run detects a current;
+    ``not_reproduced`` when none does and every counted run had the power to see its predicted
+    current (or no prediction was given); ``inconclusive`` when fewer than half of the runs are
+    stationary, when seeds disagree, or when the predicted current is below the resolution.
+    Returns ``(verdict, reason)``.
     """
     used = [jd for jd, ok in zip(judgements, stationary, strict=True) if ok]
-    if not used:
-        return "inconclusive", "no run passed the stationarity diagnostic"
+    if 2 * len(used) < len(judgements) or not used:
+        det_all = sum(jd.detected for jd in judgements)
+        return "inconclusive", (
+            f"only {len(used)}/{len(judgements)} runs passed the stationarity diagnostic (a "
+            f"current was detected in {det_all}/{len(judgements)} runs, stationary or not)"
+        )
     det = sum(jd.detected for jd in used)
     if det == len(used):
         return "reproduced", (
@@ -548,8 +557,9 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
                 reason=(
                     f"{reason}. Rule: a run has a current when max over {n_planes} planes of "
                     "|areal velocity|/se (batch means) exceeds the Bonferroni 1 % value (Student "
-                    "t) and the 99 % quantile of reversible Fourier surrogates; reproduced if "
-                    "every stationary seed has one, not reproduced if none has and the predicted "
+                    "t) and the 99 % quantile of reversible Fourier surrogates; at least half of "
+                    "the seeds must pass the stationarity check; reproduced if every "
+                    "stationary seed has one, not reproduced if none has and the predicted "
                     "one "
                     "was resolvable. measured = median max |z| over seeds (± sd); null = "
                     "median surrogate 99 % quantile."
@@ -688,7 +698,8 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
     paragraphs = [
         "Claim (Chaudhari & Soatto, abstract and §5): SGD for deep networks does not converge "
         "to an equilibrium; its iterates circulate because the gradient noise is highly "
-        "non-isotropic. Their evidence (Fig. 4, as we read it): a small fully connected network "
+        "non-isotropic. Their evidence (Fig. 4, as we read the paper; the seed file holds only "
+        "the abstract): a small fully connected network "
         "on 7 × 7 MNIST trained with momentum 0.9 for ~10⁵ epochs; the FFT of the per-epoch "
         "weight increments x_{k+1} − x_k, averaged over weights, has peaks, and the "
         "autocorrelation of the weights decays slowly. Those two statistics cannot decide the "
@@ -702,8 +713,8 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
         f"with replacement; an epoch is N/b = {spe} steps) at η_eff·h_max = {cfg.lr_frac:g}, "
         f"without momentum and with heavy-ball μ = {cfg.momentum:g} (optax convention, same "
         f"effective step); {cfg.epochs} epochs after {cfg.burn_epochs} burn-in epochs, a snapshot "
-        f"per epoch (the paper's {'10⁴+' if cfg.epochs >= 10_000 else 'much longer'} run is "
-        f"shrunk to what fits: {cfg.epochs} epochs here), and the projections of w − w* on the "
+        f"per epoch (the paper's ~10⁵-epoch run is shrunk to what fits the profile's budget: "
+        f"{cfg.epochs} epochs here), and the projections of w − w* on the "
         f"top-{cfg.k} Hessian eigenvectors at every step; seeds {list(ctx.seeds)} (each its own "
         "initialisation, minimum and SGD noise). Differences from the paper: a tiny net, "
         "weight decay (to make stationarity attainable and verifiable), heavy ball instead of "
@@ -718,7 +729,8 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
         "family-wise false-detection rate per run is 1 %) and the 99 % quantile of the same "
         "maximum over "
         f"{cfg.n_surrogates} reversible Fourier surrogates of the run (same covariances, no "
-        "current); reproduced if every stationary seed has one, not reproduced if none has "
+        "current); at least half of the seeds must pass the stationarity check, else "
+        "inconclusive; reproduced if every stationary seed has one, not reproduced if none has "
         "while the linear prediction from (H, D) at w* would have been resolved, inconclusive "
         "otherwise. The measured-against-predicted slope and correlation (jackknife errors) and "
         "the time-reversal asymmetry at several lags against its prediction are reported "
