@@ -736,6 +736,14 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
         "the time-reversal asymmetry at several lags against its prediction are reported "
         "beside it; the equilibrium model (D ∝ H) run through the same rule is the control.",
     ]
+    paragraphs.append(
+        "Scope: a detected current shows that the stationary state violates detailed balance "
+        "(C&S's out-of-equilibrium claim, and their Lemma on non-commuting D and H); it does not "
+        "show deterministic closed orbits (limit cycles in the strict sense), which the linear "
+        "theory at a strict minimum does not have. A run that fails the stationarity check is "
+        "reported but not counted, and the verdict is inconclusive when fewer than half of the "
+        "seeds are stationary."
+    )
     for name, fd in zip(per, findings, strict=True):
         paragraphs.append(f"Verdict ({name}): {fd.verdict} — {fd.reason}")
     paragraphs.append(f"Wall time {wall:.0f} s.")
