@@ -630,35 +630,85 @@ def sgd_stationary_covariance(hessian, diffusion, lr, batch_size, *, momentum=0.
     Returns:
       :class:`SGDStationaryCovariance` ``(sigma, lag_one)``.
     """
+    v, blocks, s = _phase_space_solution(hessian, diffusion, lr, batch_size, momentum, n)
+    sigma_t = s[:, :, 0, 0]
+    # (M_i S_ij)_xx = M_i[0,0] S_ij[0,0] + M_i[0,1] S_ij[1,0].
+    lag_t = blocks[:, 0, 0][:, None] * sigma_t + blocks[:, 0, 1][:, None] * s[:, :, 1, 0]
+    sigma = v @ sigma_t @ v.T
+    return SGDStationaryCovariance(0.5 * (sigma + sigma.T), v @ lag_t @ v.T)
+
+
+def _phase_space_solution(hessian, diffusion, lr, batch_size, momentum, n):
+    """H = VΛVᵀ; the (d, 2, 2) blocks M_i and the (d, d, 2, 2) blocks S_ij of Σ_z in V."""
     h, dm, dtype = _check_model(hessian, diffusion, lr, batch_size, momentum)
     c = _noise_factor(batch_size, n)
     lam, v = jnp.linalg.eigh(h)
     _check_stable(lam, lr, momentum)
     eta = jnp.asarray(lr, dtype)
     dt = (v.T @ dm @ v) * (c / batch_size)
+    d = lam.shape[0]
+    one = jnp.ones_like(lam)
     if isinstance(momentum, int | float) and momentum == 0:
-        # Plain SGD: A = V diag(a) Vᵀ, a = 1 − ηλ; Σ̃_ij = η² D̃_ij / (1 − a_i a_j), C̃₁ = aΣ̃.
+        # Plain SGD: scalar blocks, Σ̃_ij = η² D̃_ij / (1 − a_i a_j), a = 1 − ηλ; the momentum
+        # coordinate is absent (its blocks are zero and never read).
         a = 1 - eta * lam
         sigma_t = eta**2 * dt / (1 - a[:, None] * a[None, :])
-        sigma = v @ sigma_t @ v.T
-        return SGDStationaryCovariance(0.5 * (sigma + sigma.T), v @ (a[:, None] * sigma_t) @ v.T)
+        zero = jnp.zeros_like(lam)
+        blocks = jnp.stack([jnp.stack([a, zero], -1), jnp.stack([zero, zero], -1)], -2)
+        s = jnp.zeros((d, d, 2, 2), dtype).at[:, :, 0, 0].set(sigma_t)
+        return v, blocks, s
     mu = jnp.asarray(momentum, dtype)
-    one = jnp.ones_like(lam)
     blocks = jnp.stack(
         [jnp.stack([1 - eta * lam, -eta * mu * one], -1), jnp.stack([lam, mu * one], -1)], -2
     )  # (d, 2, 2)
-    d = lam.shape[0]
     # Row-major vec: vec(M_i S M_jᵀ) = (M_i ⊗ M_j) vec S.
     kron = jnp.einsum("iab,jcd->ijacbd", blocks, blocks).reshape(d, d, 4, 4)
     op = jnp.eye(4, dtype=dtype) - kron
     g = jnp.stack([eta**2, -eta, -eta, one[0]])
     rhs = g[None, None, :] * dt[:, :, None]
     s = jnp.linalg.solve(op, rhs[..., None])[..., 0].reshape(d, d, 2, 2)
-    sigma_t = s[:, :, 0, 0]
-    # (M_i S_ij)_xx = M_i[0,0] S_ij[0,0] + M_i[0,1] S_ij[1,0].
-    lag_t = blocks[:, 0, 0][:, None] * sigma_t + blocks[:, 0, 1][:, None] * s[:, :, 1, 0]
-    sigma = v @ sigma_t @ v.T
-    return SGDStationaryCovariance(0.5 * (sigma + sigma.T), v @ lag_t @ v.T)
+    return v, blocks, s
+
+
+def predicted_lagged_covariance(
+    hessian, diffusion, lr, batch_size, lags, *, momentum=0.0, basis=None, n=None
+):
+    """Stationary lagged covariances C_τ = E[x_{t+τ} x_tᵀ] of linearised SGD (theory §8).
+
+    C_τ = (M^τ Σ_z)_xx for heavy ball (M, Σ_z as in :func:`sgd_stationary_covariance`) and
+    C_τ = A^τ Σ, A = I − ηH, without momentum; in the eigenbasis of H, M^τ is a power of each
+    2 × 2 block. The time-reversal asymmetry that :func:`time_reversal_asymmetry` measures,
+    C_ij(τ) − C_ji(τ) with C_ij(τ) = mean_t y_{t,i} y_{t+τ,j}, is predicted by
+    Bᵀ(C_τᵀ − C_τ)B; half of it is the areal velocity of the series subsampled every τ steps
+    (e.g. per-epoch snapshots, τ = steps per epoch). τ = 1 gives
+    :func:`predicted_areal_velocity` × 2.
+
+    Args:
+      hessian, diffusion, lr, batch_size, momentum, n: as :func:`predicted_areal_velocity`.
+      lags: non-negative int lags τ (a sequence; τ = 0 gives Σ).
+      basis: (d, k) orthonormal columns B; ``None`` returns (d, d) matrices.
+
+    Returns:
+      (L, k, k) array, ``[l] = BᵀC_{lags[l]}B``.
+
+    Cost: as :func:`sgd_stationary_covariance`, plus O(L d²) (dense, d up to a few thousand).
+    """
+    lags = tuple(int(t) for t in np.atleast_1d(lags))
+    if not lags or min(lags) < 0:
+        raise ValueError(f"`lags` must be non-negative ints; got {lags!r}.")
+    v, blocks, s = _phase_space_solution(hessian, diffusion, lr, batch_size, momentum, n)
+    out = []
+    for lag in lags:
+        p = jnp.broadcast_to(jnp.eye(2, dtype=blocks.dtype), blocks.shape)
+        base, k = blocks, lag
+        while k:  # M_i^τ by repeated squaring, batched over the d blocks
+            if k & 1:
+                p = p @ base
+            base = base @ base
+            k >>= 1
+        c_t = p[:, 0, 0][:, None] * s[:, :, 0, 0] + p[:, 0, 1][:, None] * s[:, :, 1, 0]
+        out.append(_in_basis(v @ c_t @ v.T, basis))
+    return jnp.stack(out)
 
 
 def _in_basis(a, basis):
