@@ -52,7 +52,7 @@ FULL = dict(
     spectrum_n=400, spectrum_epochs=(0, 1, 5, 40), flow_n=200, flow_cs=(0.1, 1.0),
     flow_ts=tuple(np.geomspace(0.05, 2.0, 7)),
 )  # fmt: skip
-#: Reduced configuration for ``--quick`` and the notebook under ``GRD_NOTEBOOK_QUICK=1``.
+#: Reduced configuration for ``--quick`` (a smoke run).
 QUICK = dict(
     n_hidden=16, epochs=4, batch_size=20, lr=0.3, k_long=10, cs=(1.0, 4.0), seeds=(0,),
     spectrum_n=150, spectrum_epochs=(0, 4), flow_n=60, flow_cs=(0.1, 1.0),

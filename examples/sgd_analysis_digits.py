@@ -18,9 +18,8 @@ and analysed with :mod:`grd.analysis`:
 
 Run: ``python examples/sgd_analysis_digits.py`` (writes ``benchmarks/results/analysis.md`` and
 ``benchmarks/results/analysis_*.png``), or ``--quick`` (small sizes, a few seconds of compute;
-writes into a temporary directory unless ``--out`` is given). The functions :func:`run`,
-:func:`report` and :func:`plot` are importable (the notebook
-``notebooks/sgd_analysis_reproduction.ipynb`` uses them).
+writes into a temporary directory unless ``--out`` is given). The tutorial version, with each
+statistic beside its null model, is ``notebooks/sgd_analysis.ipynb``.
 """
 
 from __future__ import annotations
