@@ -151,7 +151,7 @@ def test_unwritable_parent_is_refused(tmp_path, capsys, no_compute):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--set", "diffusion_maps.n_train=100000"], "n_train must be at most 1797"),
+        (["--set", "diffusion_maps.n_train=100000"], "n_train must be at most 1438"),
         (["--seeds", "4294967296"], "--seeds"),
         (["--seeds", "-1"], "--seeds"),
         (["--seeds", "1,1"], "distinct"),
