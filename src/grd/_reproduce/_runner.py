@@ -451,7 +451,6 @@ def reproduce(
             "pid": os.getpid(),
         }
         (workdir / _PARTIAL).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    start = time.perf_counter()
     keep = False
     try:
         results, resumed = _run_all(plan, workdir, progress)
@@ -459,7 +458,6 @@ def reproduce(
         sections, metrics, meta = _assemble(
             plan, results, command=command, total=total, resumed=resumed
         )
-        del start
         from ..report import write_report
 
         for name in ("work", "done"):

@@ -101,8 +101,8 @@ class DiffusionMapsConfig:
     hidden: int = 16
     lr: float = 0.1
     batch_size: int = 32
-    weight_decay: float = 0.05
-    train_steps: int = 600
+    weight_decay: float = 0.01
+    train_steps: int = 1000
     n_points: int = 96
     pilot_steps: int = 3000
     n_pcs: int = 4
