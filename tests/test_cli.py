@@ -166,6 +166,9 @@ def test_reproduce_tiny_metrics_are_complete_and_finite(tiny_report):
     for s in ("ensemble", "stationary", "circle"):
         assert set(dm["dimensions"][s]) == {"set", "random_walk", "random_walk_drift", "ou_matched"}
         assert all(len(v) == 2 for v in dm["dimensions"][s].values())
+    assert dm["verdicts"]["circle"]["verdict"] == "reproduced"  # the positive control
+    section = md[md.index("## Diffusion maps") :]
+    assert "ln n" in section and "ε" not in section  # ε is the metric's; kernels have bandwidths
 
 
 @pytest.mark.skipif(

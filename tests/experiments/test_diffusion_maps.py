@@ -68,6 +68,8 @@ def test_stationary_samples_that_are_not_decorrelated_are_inconclusive():
     assert verdict == "inconclusive" and "not decorrelated" in reason
 
 
+@pytest.mark.slow  # ≈ 30 s of CPU; the default suite runs the same profile end to end
+# through the CLI (tests/test_cli.py::tiny_report)
 def test_tiny_profile_end_to_end(tmp_path):
     exp = registry()["diffusion_maps"]
     out = run_experiment(exp, "tiny", workdir=tmp_path)
