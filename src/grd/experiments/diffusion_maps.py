@@ -660,7 +660,7 @@ def _outcome(cfg, ctx, dims, curves, per_seed, embed) -> Outcome:
         ylabel="intrinsic dimension (kernel-sum estimate)",
         title=f"Each set beside its null models, one point per seed ({len(ctx.seeds)} seeds)",
     )
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
     fig.tight_layout()
     fig_dims = Figure(
         "diffusion_maps_dimensions",
