@@ -2,10 +2,11 @@
 
 Usage: python _reproduce_kill_script.py STAGE K -- GRD_ARGS...
 
-Counts the checkpoints ``grd.checkpoint.save_checkpoint`` writes for STAGE (``training`` or
-``continuation``) and kills the process with SIGKILL (no clean-up can run) right after the
-K-th; with K = 0 it never kills and prints ``saves=<count>`` on stdout at the end (how many
-checkpoints of STAGE this run wrote: fewer than a fresh run's when it resumed).
+Counts the checkpoints ``grd.checkpoint.save_checkpoint`` writes for STAGE (the stage name
+an experiment passes to ``Context.checkpointed``, e.g. ``stationary_seed0``) and kills the
+process with SIGKILL (no clean-up can run) right after the K-th; with K = 0 it never kills
+and prints ``saves=<count>`` on stdout at the end (how many checkpoints of STAGE this run
+wrote: fewer than a fresh run's when it resumed).
 """
 
 import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -16,11 +17,14 @@ from pathlib import Path
 import pytest
 from helpers import cli_env, run_cli
 
-from grd import _reproduce as rp, report
+from grd import report
+from grd._reproduce import FINDINGS_HEADER, _runner
 from grd.cli import main
+from grd.experiments import VERDICTS
 
 CHROMIUM = Path("/usr/bin/chromium")
-TINY = ["reproduce", "--tiny", "--quiet"]
+#: One experiment pinned, so these tests do not grow with the registry.
+TINY = ["reproduce", "--tiny", "--quiet", "--experiments", "diffusion_maps"]
 
 
 _run_cli = run_cli
@@ -62,31 +66,42 @@ def _rendered_image_status(html_path: Path, tmp_path: Path):
     body = re.search(r'<body[^>]*data-figures-loaded="(\d+)/(\d+)"', dom)
     imgs = re.findall(r"<img\b[^>]*>", dom)
     status = [re.search(r'data-loaded="(\w+)"', tag) for tag in imgs]
-    return body, [s.group(1) if s else None for s in status]
+    return body, [s.group(1) if s else None for s in status], dom
 
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "report"
     start = time.perf_counter()
-    proc = _run_cli(*TINY, "--keep-trajectory", "--out", str(out))
+    proc = _run_cli(*TINY, "--out", str(out))
     elapsed = time.perf_counter() - start
     return out, proc, elapsed
 
 
-def test_reproduce_keeps_the_recorded_trajectories(tiny_report):
-    from grd.analysis import load_trajectory
-
+def test_findings_in_metrics_follow_the_schema(tiny_report):
+    """metrics.json's top-level ``findings``: the keys of the contract, a verdict from the
+    three, numbers or null where numbers belong, the experiment that found it."""
     out, proc, _ = tiny_report
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = json.loads((out / "metrics.json").read_text())["config"]
-    train = load_trajectory(out / "trajectory" / "training")
-    assert len(train) == cfg["steps"] // cfg["record_every"] + 1
-    assert list(train.steps) == list(range(0, cfg["steps"] + 1, cfg["record_every"]))
-    cont = load_trajectory(out / "trajectory" / "continuation")
-    assert len(cont) == cfg["cycle_steps"] + 1
-    # the continuation starts where training ended
-    assert (cont[0] == train[-1]).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    findings = metrics["findings"]
+    assert isinstance(findings, list) and findings
+    for f in findings:
+        for key in ("claim", "source", "measured", "uncertainty", "null", "verdict"):
+            assert key in f, key
+        assert f["verdict"] in VERDICTS
+        assert isinstance(f["claim"], str) and f["claim"].strip()
+        assert isinstance(f["source"], str) and f["source"].strip()
+        assert isinstance(f["reason"], str) and f["reason"].strip()
+        assert isinstance(f["measured"], float) and math.isfinite(f["measured"])
+        for key in ("uncertainty", "null"):
+            assert f[key] is None or (isinstance(f[key], float) and math.isfinite(f[key]))
+        assert f["experiment"] in metrics["experiments"]
+    assert metrics["profile"] == "tiny" and metrics["seeds"] == [0, 1]
+    assert set(metrics["experiment_runtime_seconds"]) == set(metrics["experiments"])
+    assert metrics["runtime_seconds"] == pytest.approx(
+        sum(metrics["experiment_runtime_seconds"].values())
+    )
 
 
 def test_reproduce_tiny_writes_every_file(tiny_report):
@@ -105,6 +120,11 @@ def test_reproduce_tiny_writes_every_file(tiny_report):
     assert html.count("data:image/png;base64,") == len(pngs)
     # self-contained: no file or network reference other than data URIs and anchors
     assert not re.search(r'(src|href)="(?!data:|#)', html)
+    # the report opens with the Findings table, one row per finding
+    md = (out / "report.md").read_text()
+    assert md.index("## Findings") < md.index("## Diffusion maps")
+    n = len(json.loads((out / "metrics.json").read_text())["findings"])
+    assert html.count("<tr>") >= n + 1
     # no partial directory left beside the report
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
     # (no timing assertion: the run took 309 s of wall time on 2 cores under a load of 13)
@@ -116,36 +136,39 @@ def test_reproduce_tiny_metrics_are_complete_and_finite(tiny_report):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in (
-        "config",
+        "command",
+        "profile",
+        "seeds",
+        "experiments_run",
+        "findings",
+        "experiments",
+        "configs",
+        "runtime_seconds",
+        "experiment_runtime_seconds",
         "versions",
+        "machine",
         "devices",
         "x64",
-        "runtime_seconds",
-        "sections",
-        "training",
-        *rp.SECTIONS,
+        "date",
     ):
         assert key in metrics, key
-    assert metrics["sections"] == ["training", *rp.SECTIONS]
+    assert metrics["experiments_run"] == ["diffusion_maps"] == list(metrics["experiments"])
+    assert metrics["machine"]["cpu_count"] >= 1 and metrics["machine"]["platform"]
     numbers = list(_numbers(metrics))
     assert len(numbers) > 100
     bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
     assert not bad, bad[:5]
-    train = metrics["training"]
-    assert train["final_train_loss"] < train["history"]["train_loss"][0]
-    spec = metrics["spectrum"]["checkpoints"]
-    n = metrics["config"]["n_train"]
-    for ck in spec:
-        lam = ck["eigenvalues"]
-        assert lam == sorted(lam, reverse=True)
-        assert 1 <= ck["rank_relative"] <= min(n - 1, train["d"])
-        assert ck["trace_D"] == pytest.approx(ck["trace_from_eigenvalues"], rel=1e-3)
-        assert ck["noise_scale_B_simple"] == pytest.approx(
-            ck["trace_D"] / ck["mean_grad_sq_norm"], rel=1e-6
-        )
-    # every table number in the Markdown report comes from metrics.json
     md = (out / "report.md").read_text()
-    assert f"{train['d']}" in md
+    for line in ("Command: grd reproduce --tiny", "Profile: tiny; seeds: 0, 1", "Machine: "):
+        assert line in md, line
+    dm = metrics["experiments"]["diffusion_maps"]
+    # every dimension of the table is in metrics.json, beside its three nulls
+    for s in ("ensemble", "stationary", "circle"):
+        assert set(dm["dimensions"][s]) == {"set", "random_walk", "random_walk_drift", "ou_matched"}
+        assert all(len(v) == 2 for v in dm["dimensions"][s].values())
+    assert dm["verdicts"]["circle"]["verdict"] == "reproduced"  # the positive control
+    section = md[md.index("## Diffusion maps") :]
+    assert "ln n" in section and "ε" not in section  # ε is the metric's; kernels have bandwidths
 
 
 @pytest.mark.skipif(
@@ -156,10 +179,23 @@ def test_report_renders_every_figure_in_chromium(tiny_report, tmp_path):
     out, proc, _ = tiny_report
     assert proc.returncode == 0, proc.stderr[-3000:]
     n_png = len(list((out / "figures").glob("*.png")))
-    body, status = _rendered_image_status(out / "report.html", tmp_path)
+    body, status, dom = _rendered_image_status(out / "report.html", tmp_path)
     assert body is not None, "the page script did not run (no data-figures-loaded on <body>)"
     assert (int(body.group(1)), int(body.group(2))) == (n_png, n_png)
     assert status == ["yes"] * n_png
+    # the rendered page opens with the Findings table: its header, one row per finding
+    findings = json.loads((out / "metrics.json").read_text())["findings"]
+    sections = re.findall(r'<section id="([a-z0-9_]+)"', dom)
+    assert sections[0] == "findings" and "diffusion_maps" in sections
+    block = dom[dom.index('<section id="findings"') :]
+    block = block[: block.index("</section>")]
+    header = re.findall(r"<th>(.*?)</th>", block)
+    assert [html.unescape(h) for h in header] == list(FINDINGS_HEADER)
+    rows = re.findall(r"<tr>(.*?)</tr>", block, re.S)[1:]
+    assert len(rows) == len(findings)
+    for row, f in zip(rows, findings, strict=True):
+        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
+        assert cells[0] == f["claim"] and cells[6] == f["verdict"].replace("_", " ")
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent")
@@ -169,7 +205,7 @@ def test_chromium_check_detects_a_broken_figure(tmp_path):
     broken = report.Figure("broken", "not a PNG", b"this is not an image")
     page = tmp_path / "page.html"
     page.write_text(report.render_html("t", [report.Section("s", "S", figures=[good, broken])]))
-    body, status = _rendered_image_status(page, tmp_path)
+    body, status, _ = _rendered_image_status(page, tmp_path)
     assert body is not None and (body.group(1), body.group(2)) == ("1", "2")
     assert status == ["yes", "no"]
 
@@ -191,12 +227,13 @@ def _tiny_png() -> bytes:
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["reproduce", "--sections", "spectrum,nonsense"], "unknown section"),
-        (["reproduce", "--eps", "-0.5"], "--eps"),
-        (["reproduce", "--eps", "0.1,0"], "--eps"),
-        (["reproduce", "--width", "0"], "--width"),
-        (["reproduce", "--checkpoints", "1.5"], "--checkpoints"),
-        (["reproduce", "--batch-size", "64", "--n-train", "32"], "batch_size"),
+        (["reproduce", "--experiments", "diffusion_maps,nonsense"], "unknown experiment nonsense"),
+        (["reproduce", "--experiments", ","], "--experiments"),
+        (["reproduce", "--seeds", "0,x"], "--seeds"),
+        (["reproduce", "--tiny", "--full"], "not allowed with"),
+        (["reproduce", "--set", "diffusion_maps.lr=-1"], "lr must be positive"),
+        (["reproduce", "--sections", "spectrum"], "--sections was removed: use --experiments"),
+        (["reproduce", "--eps", "0.1"], "--eps was removed"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -230,10 +267,11 @@ def test_non_empty_output_refused_without_force(tmp_path):
 
 
 def test_bad_argument_in_a_real_process_has_no_traceback():
-    proc = _run_cli("reproduce", "--sections", "bogus")
+    proc = _run_cli("reproduce", "--experiments", "bogus")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and "bogus" in proc.stderr
+    assert "choose from diffusion_maps" in proc.stderr  # the registry is listed
 
 
 def test_help_explains_every_option():
@@ -242,17 +280,21 @@ def test_help_explains_every_option():
     for opt in (
         "--out",
         "--force",
-        "--sections",
-        "--width",
-        "--n-train",
-        "--eps",
-        "--seed",
-        "--float64",
+        "--resume",
+        "--full",
         "--tiny",
+        "--experiments",
+        "--seeds",
+        "--set",
+        "--list",
+        "--float64",
     ):
         assert opt in proc.stdout
-    for section in rp.SECTIONS:
-        assert section in proc.stdout
+    for name in _runner.registry():
+        assert name in proc.stdout
+    listed = _run_cli("reproduce", "--list", "--tiny")
+    assert listed.returncode == 0, listed.stderr
+    assert "diffusion_maps:" in listed.stdout and "tiny: DiffusionMapsConfig(" in listed.stdout
     top = _run_cli("--help")
     assert top.returncode == 0
     for cmd in ("reproduce", "bench", "info"):
@@ -297,8 +339,8 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
     written_dirs = []
 
     def write_then_interrupt(directory, *a, **kw):
-        # without --keep-trajectory the stores are gone before the report is written
-        assert not (Path(directory) / "trajectory").exists()
+        # the experiments' scratch directories are gone before the report is written
+        assert not (Path(directory) / "work").exists()
         real_write(directory, *a, **kw)
         written_dirs.append(Path(directory))
         assert (Path(directory) / "report.html").exists()  # a full report was in the temp dir
@@ -306,7 +348,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(report, "write_report", write_then_interrupt)
     out = tmp_path / "report"
-    code = main([*TINY, "--out", str(out), "--sections", "spectrum"])
+    code = main([*TINY, "--out", str(out)])
     assert code == 130
     assert written_dirs  # the report was fully written before the interrupt
     assert "interrupted" in capsys.readouterr().err
@@ -322,10 +364,10 @@ def test_interrupted_overwrite_keeps_previous_report(tmp_path, monkeypatch):
     (out / "metrics.json").write_text('{"previous": 1}')
     write_marker(out, ["metrics.json"])  # a report grd wrote: --force may replace it
 
-    def fail(run):
+    def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(rp._SECTION_FUNCS, "spectrum", fail)
+    monkeypatch.setattr(_runner, "run_experiment", fail)
     code = main([*TINY, "--out", str(out), "--force"])
     assert code == 130
     assert json.loads((out / "metrics.json").read_text()) == {"previous": 1}
@@ -334,17 +376,16 @@ def test_interrupted_overwrite_keeps_previous_report(tmp_path, monkeypatch):
 
 
 def test_killed_run_leaves_no_complete_looking_directory(tmp_path):
-    """SIGKILL during training (no cleanup possible): the target never appears."""
+    """SIGKILL during an experiment (no cleanup possible): the target never appears."""
     out = tmp_path / "report"
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "grd.cli",
-            "reproduce",
-            "--tiny",
-            "--steps",
-            "100000",
+            *[a for a in TINY if a != "--quiet"],
+            "--set",
+            "diffusion_maps.train_steps=200000",
             "--out",
             str(out),
         ],
@@ -356,12 +397,12 @@ def test_killed_run_leaves_no_complete_looking_directory(tmp_path):
     try:
         buf = b""
         deadline = time.monotonic() + 300
-        while b"SGD training" not in buf and time.monotonic() < deadline:
+        while b"[1/1] diffusion_maps" not in buf and time.monotonic() < deadline:
             chunk = os.read(proc.stderr.fileno(), 4096)
             if not chunk:
                 break
             buf += chunk
-        assert b"SGD training" in buf, buf.decode(errors="replace")[-2000:]
+        assert b"[1/1] diffusion_maps" in buf, buf.decode(errors="replace")[-2000:]
         assert _partials(tmp_path), "the run should be writing into a hidden partial directory"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)

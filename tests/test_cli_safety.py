@@ -1,8 +1,8 @@
 """``grd reproduce`` never loses the user's files, checks before computing, stops on divergence
 and resumes after a kill (issue 15).
 
-Cost: three ``--tiny --sections spectrum`` runs in subprocesses (one killed half way), one
-diverging run, the rest in-process and refused before any computation.
+Cost: three ``--tiny --experiments diffusion_maps`` runs in subprocesses (one killed half way),
+one diverging run, the rest in-process and refused before any computation.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 from helpers import cli_env, run_cli
 
-from grd import _outdir, _reproduce as rp
+from grd import _outdir
+from grd._reproduce import _runner
 from grd.cli import main
 
 SCRIPT = Path(__file__).with_name("_reproduce_kill_script.py")
-TINY = ["reproduce", "--tiny", "--quiet", "--sections", "spectrum"]
+TINY = ["reproduce", "--tiny", "--quiet", "--experiments", "diffusion_maps"]
+#: The checkpointed loop the kill tests interrupt: the thinned stationary run of seed 0
+#: (tiny profile: 48 samples, a checkpoint every 2 → 24 checkpoints).
+STAGE, STAGE_SAVES = "stationary_seed0", 24
 
 
 _cli = run_cli
@@ -47,14 +51,14 @@ def _mode(path: Path) -> int:
 
 @pytest.fixture
 def no_compute(monkeypatch):
-    """Fails the test if the pipeline (training) starts."""
+    """Fails the test if an experiment starts."""
     started = []
 
-    def pipeline(*args, **kwargs):
+    def run_all(*args, **kwargs):
         started.append(True)
-        raise AssertionError("training started")
+        raise AssertionError("an experiment started")
 
-    monkeypatch.setattr(rp, "_pipeline", pipeline)
+    monkeypatch.setattr(_runner, "_run_all", run_all)
     return started
 
 
@@ -147,11 +151,16 @@ def test_unwritable_parent_is_refused(tmp_path, capsys, no_compute):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--n-train", "100000"], "n_train must be at most 1438"),
-        (["--seed", "4294967296"], "seed must be an integer"),
-        (["--data-seed", "-1"], "data_seed"),
-        (["--cycle-steps", "8"], "cycle_steps"),
-        (["--steps", "10", "--record-every", "5"], "steps / record_every"),
+        (["--set", "diffusion_maps.n_train=100000"], "n_train must be at most 1438"),
+        (["--seeds", "4294967296"], "--seeds"),
+        (["--seeds", "-1"], "--seeds"),
+        (["--seeds", "1,1"], "distinct"),
+        (["--set", "diffusion_maps.n_points=8"], "n_points must be at least 16"),
+        (["--set", "diffusion_maps.lr=nan"], "finite"),
+        (["--set", "diffusion_maps.bogus=1"], "no field 'bogus'"),
+        (["--set", "nosuch.lr=1"], "unknown experiment 'nosuch'"),
+        (["--set", "diffusion_maps.lr"], "EXPERIMENT.FIELD=VALUE"),
+        (["--width", "8"], "--width was removed"),
     ],
 )
 def test_sizes_beyond_the_data_and_bad_seeds_are_refused(
@@ -182,23 +191,25 @@ def test_refusal_in_a_real_process_is_one_line_before_compute(tmp_path):
 
 def test_divergence_exit_3_and_no_report(tmp_path):
     out = tmp_path / "report"
-    proc = _cli(*TINY, "--lr", "1e9", "--out", str(out))
+    proc = _cli(*TINY, "--set", "diffusion_maps.lr=1e9", "--out", str(out))
     assert proc.returncode == 3, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert "diverged at step 5" in lines[0] and "--lr" in lines[0], lines[0]
+    assert "diffusion_maps: SGD ensemble diverged at step 20" in lines[0], lines[0]
+    assert "--set diffusion_maps.lr=" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists() and _hidden(tmp_path) == []  # nothing passes for a report
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
-    # --lr 1e9 diverges in the first 5 steps: a real failure during the run, in-process
-    # (the test above shows the same run without --debug: one line, no traceback)
-    argv = [*TINY, "--lr", "1e9", "--out", str(tmp_path / "r")]
+    # lr = 1e9 diverges in the first chunk of 20 steps: a real failure during the run,
+    # in-process (the test above shows the same run without --debug: one line, no traceback)
+    argv = [*TINY, "--set", "diffusion_maps.lr=1e9", "--out", str(tmp_path / "r")]
     assert main([*argv, "--debug"]) == 3
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "DivergenceError" in err
-    assert err.strip().splitlines()[-1].startswith("grd reproduce: SGD diverged at step 5")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("grd reproduce: diffusion_maps: SGD ensemble diverged at step 20")
     assert not (tmp_path / "r").exists() and _hidden(tmp_path) == []
 
 
@@ -206,8 +217,10 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def _metrics(directory: Path) -> dict:
+    """metrics.json less what differs between two identical runs (times, date, load, --out)."""
     m = json.loads((directory / "metrics.json").read_text())
-    m.pop("runtime_seconds")
+    for key in ("runtime_seconds", "experiment_runtime_seconds", "date", "machine", "command"):
+        m.pop(key)
     return m
 
 
@@ -231,19 +244,20 @@ def test_replace_keeps_permissions_and_a_killed_run_resumes_to_the_same_metrics(
     (out / "metrics.json").write_text('{"previous": 1}')
     _outdir.write_marker(out, ["metrics.json"])
     out.chmod(0o705)
-    killed = _killed_cli("training", 10, *TINY, "--force", "--out", str(out))
+    killed = _killed_cli(STAGE, 10, *TINY, "--force", "--out", str(out))
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL: no clean-up ran
     assert json.loads((out / "metrics.json").read_text()) == {"previous": 1}
     (work,) = [tmp_path / n for n in _hidden(tmp_path) if n.startswith(".out.partial-")]
-    assert (work / "checkpoints" / "training.npz").is_file()
+    ck = work / "work" / "diffusion_maps" / "checkpoints" / "diffusion_maps" / f"{STAGE}.npz"
+    assert ck.is_file()
     assert _outdir.read_marker(work) is None  # a work directory has no completion marker
 
-    # 3. rerun with --resume: it continues from the 10th of the 20 training checkpoints
-    #    (so it writes only the remaining 10) and replaces the previous report
-    resumed = _killed_cli("training", 0, *TINY, "--force", "--resume", "--out", str(out))
+    # 3. rerun with --resume: it continues from the 10th of the 24 checkpoints of the
+    #    stationary run (so it writes only the remaining 14) and replaces the previous report
+    resumed = _killed_cli(STAGE, 0, *TINY, "--force", "--resume", "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming the interrupted run" in resumed.stderr
-    assert "saves=10" in resumed.stdout
+    assert f"saves={STAGE_SAVES - 10}" in resumed.stdout
     assert _mode(out) == 0o705
     assert _metrics(out) == _metrics(ref)  # bit for bit: JSON floats round-trip exactly
     assert _hidden(tmp_path) == []  # the work directory became the report
@@ -251,18 +265,19 @@ def test_replace_keeps_permissions_and_a_killed_run_resumes_to_the_same_metrics(
 
 
 @pytest.mark.slow
-def test_run_killed_in_the_continuation_resumes_to_the_same_metrics(tmp_path):
-    """The second long stage: constant-step SGD after training (4 blocks of 256 steps)."""
-    args = [*TINY[:-1], "limit_cycles", "--cycle-steps", "1024"]
+def test_run_killed_in_the_ensemble_resumes_to_the_same_metrics(tmp_path):
+    """Another checkpointed loop: the vmapped SGD ensemble of seed 1 (10 chunks), after
+    seed 0 finished (its loops are then loaded from their final checkpoints)."""
+    args = TINY
     ref = _cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-3000:]
     out = tmp_path / "out"
-    killed = _killed_cli("continuation", 2, *args, "--out", str(out))
+    killed = _killed_cli("ensemble_seed1", 4, *args, "--out", str(out))
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not out.exists()
-    resumed = _killed_cli("continuation", 0, *args, "--resume", "--out", str(out))
+    resumed = _killed_cli("ensemble_seed1", 0, *args, "--resume", "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "saves=2" in resumed.stdout  # blocks 3 and 4 only
+    assert "saves=6" in resumed.stdout  # chunks 5 to 10 only
     assert _metrics(out) == _metrics(tmp_path / "ref")
     assert _hidden(tmp_path) == []
 
@@ -290,10 +305,12 @@ def test_the_terminal_prompt_names_what_would_be_deleted(tmp_path):
 
     report = tmp_path / "report"
     (report / "figures").mkdir(parents=True)
-    for name in ("metrics.json", "report.html", "figures/spectrum.png"):
+    for name in ("metrics.json", "report.html", "figures/diffusion_maps_embedding.png"):
         (report / name).write_text("grd")
     _outdir.write_marker(
-        report, ["metrics.json", "report.html", "figures/spectrum.png"], command=["grd", "x"]
+        report,
+        ["metrics.json", "report.html", "figures/diffusion_maps_embedding.png"],
+        command=["grd", "x"],
     )
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -324,7 +341,7 @@ def test_the_terminal_prompt_names_what_would_be_deleted(tmp_path):
     assert sorted(p.relative_to(report).as_posix() for p in report.rglob("*")) == [
         ".grd-report",
         "figures",
-        "figures/spectrum.png",
+        "figures/diffusion_maps_embedding.png",
         "metrics.json",
         "report.html",
     ]

@@ -160,7 +160,8 @@ VALUES = st.one_of(
     st.integers(-10**6, 10**6).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["nan", "inf", "-inf", "", " ", "0", "-0", "1e309", "0x10", "1,2,,3",
-                     "spectrum", "spectrum,flows", "all", "nonsense", "flows,unknown", "0.5,1.5",
+                     "diffusion_maps", "diffusion_maps.lr=0.01", "all", "nonsense", "x.y=1",
+                     "0.5,1.5",
                      "--", "-", "é", "FILE", "DIR", "NEWPATH", "--bogus"]),
     st.text(max_size=8),
 )
@@ -200,15 +201,17 @@ def test_cli_arguments_never_traceback(argv, tmp_path_factory, monkeypatch, caps
         argv += ["--out", str(tmp / "out")]
     reached = []
 
-    def sentinel(config, out, **kwargs):
-        config.validate()  # what the CLI passes on must be a valid configuration
-        reached.append(config)
+    def sentinel(plan, out, **kwargs):
+        for config in plan.configs.values():
+            config.validate()  # what the CLI passes on must be a valid configuration
+        reached.append(plan)
         raise ComputeReached("arguments validated")
 
     monkeypatch.setattr(rp, "reproduce", sentinel)
     code = cli.main(argv)
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "Traceback" not in captured.out, argv
+    if not (reached and "--debug" in argv):  # --debug prints the sentinel's traceback
+        assert "Traceback" not in captured.err and "Traceback" not in captured.out, argv
     assert code in (0, 1, 2), (argv, code)
     if code == 2:
         assert len(captured.err.strip().splitlines()) == 1, (argv, captured.err)
@@ -216,20 +219,22 @@ def test_cli_arguments_never_traceback(argv, tmp_path_factory, monkeypatch, caps
     if code == 1:  # only the sentinel may fail a run here
         assert reached and "ComputeReached" in captured.err, (argv, captured.err)
     if reached:
-        cfg = reached[0]
-        assert cfg.lr > 0 and all(e > 0 and np.isfinite(e) for e in cfg.eps)
-        assert all(0 <= c <= 1 for c in cfg.checkpoints) and cfg.batch_size <= cfg.n_train
+        plan = reached[0]
+        assert plan.seeds and len(set(plan.seeds)) == len(plan.seeds)
+        assert plan.experiments and set(plan.configs) == set(plan.experiments)
     assert (tmp / "file").read_text() == "x" and (tmp / "dir" / "keep").read_text() == "x"
 
 
 def test_cli_small_n_train_validates(tmp_path, monkeypatch, capsys):
     reached = []
 
-    def sentinel(config, out, **kwargs):
-        reached.append(config)
+    def sentinel(plan, out, **kwargs):
+        reached.append(plan)
         return []
 
     monkeypatch.setattr(rp, "reproduce", sentinel)
-    code = cli.main(["reproduce", "--n-train", "100", "--out", str(tmp_path / "o")])
+    code = cli.main(
+        ["reproduce", "--set", "diffusion_maps.n_train=100", "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert code == 0 and reached, err

@@ -27,17 +27,11 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         message = " ".join(str(message).split())
+        if "unrecognized arguments" in message:
+            gone = [o for o in _REMOVED if re.search(rf"(^|\s|:){re.escape(o)}(=|\s|$)", message)]
+            if gone:
+                message += "; " + "; ".join(f"{o} was removed: use {_REMOVED[o]}" for o in gone)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _Explicit(argparse.Action):
-    """Store the value and remember that the option was given (so ``--tiny`` does not win)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        explicit = set(getattr(namespace, "explicit", set()))
-        explicit.add(self.dest)
-        namespace.explicit = explicit
 
 
 def _positive_int(text: str) -> int:
@@ -80,31 +74,61 @@ def _float_list(kind):
     return parse
 
 
-def _section_list(text: str) -> tuple[str, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if parts == ["all"]:
-        return rp.SECTIONS
-    unknown = [p for p in parts if p not in rp.SECTIONS]
-    if unknown or not parts:
+def _name_list(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError("expected comma-separated experiment names or 'all'")
+    return parts
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        seeds = tuple(int(p) for p in parts)
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"unknown section {', '.join(unknown) or repr(text)}; choose from "
-            f"{', '.join(rp.SECTIONS)} or 'all'"
-        )
-    return tuple(parts)
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not seeds or any(not 0 <= s <= 2**32 - 1 for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected integers in [0, 2**32 - 1], got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return seeds
+
+
+#: Options of the old single-run pipeline and what replaces them (a clear error, not a guess).
+_REMOVED = {
+    "--sections": "--experiments",
+    "--seed": "--seeds",
+    "--width": "--set EXPERIMENT.hidden=…",
+    "--n-train": "--set EXPERIMENT.n_train=…",
+    "--steps": "--set EXPERIMENT.FIELD=… (see --list)",
+    "--batch-size": "--set EXPERIMENT.batch_size=…",
+    "--lr": "--set EXPERIMENT.lr=…",
+    "--record-every": "--set EXPERIMENT.FIELD=… (see --list)",
+    "--checkpoints": "--set EXPERIMENT.FIELD=… (see --list)",
+    "--eps": "--set EXPERIMENT.FIELD=… (see --list)",
+    "--cycle-steps": "--set EXPERIMENT.FIELD=… (see --list)",
+    "--data-seed": "--seeds",
+    "--keep-trajectory": "nothing (experiments keep no trajectories)",
+}
 
 
 def _add_reproduce(sub) -> None:
-    d = rp.ReproduceConfig()
+    names = ", ".join(rp.registry())
     p = sub.add_parser(
         "reproduce",
-        help="train an MLP on the bundled digits, analyse SGD and write a report directory",
+        help="test the claims of the source papers (experiments against null models) and "
+        "write a report directory",
         description=(
-            "Train a two-layer MLP on the bundled digits data with constant-step SGD, record "
-            "the trajectory, and analyse it: spectrum and rank of the diffusion matrix D and "
-            "the gradient noise scale at checkpoints, then the other sections chosen with "
-            "--sections. Writes a self-contained directory: report.html (figures embedded, "
-            "opens from disk), report.md, figures/*.png and metrics.json (every number shown). "
-            "The default run takes a few minutes on 2 CPU cores; --tiny runs in seconds."
+            "Run the registered experiments — each tests a claim of a source paper the way "
+            "the paper tested it, at a size two CPU cores allow, against a null model or "
+            "control, over several seeds, and ends in a verdict — and write a self-contained "
+            "directory: report.html (a Findings table first, then one section per experiment; "
+            "figures embedded, opens from disk), report.md, figures/*.png and metrics.json "
+            "(every number shown, the findings, run times). Profiles: default (a few minutes "
+            "on 2 CPU cores), --full (the paper-scale designs, up to 2 hours, checkpointed: "
+            "see --resume) and --tiny (seconds; smoke tests)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -127,107 +151,54 @@ def _add_reproduce(sub) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run of the same configuration from its checkpoints "
-        "(the hidden .OUT.partial-* directory beside --out; a fresh start if there is none), "
-        "and keep this run's checkpoints if it is interrupted",
+        help="continue an interrupted run of the same configuration (the hidden "
+        ".OUT.partial-* directory beside --out; a fresh start if there is none): finished "
+        "experiments are not rerun and the interrupted one continues from its checkpoints; "
+        "keep this run's progress if it is interrupted",
     )
-    p.add_argument(
-        "--sections",
-        action=_Explicit,
-        type=_section_list,
-        default=rp.SECTIONS,
-        help="comma-separated analysis sections to run, or 'all'; training always "
-        f"runs. Sections: {', '.join(rp.SECTIONS)}",
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument(
+        "--full",
+        action="store_true",
+        help="the paper-scale profile (up to 2 hours on 2 CPU cores; use with --resume)",
     )
-    p.add_argument(
-        "--width",
-        action=_Explicit,
-        type=_positive_int,
-        default=d.width,
-        help="hidden width of the 64-width-10 tanh MLP",
-    )
-    p.add_argument(
-        "--n-train",
-        action=_Explicit,
-        type=_positive_int,
-        default=d.n_train,
-        help="number of training examples (a seeded subset of the 1 797 digits, "
-        "after holding out the test fraction); D is computed on all of them",
-    )
-    p.add_argument(
-        "--steps", action=_Explicit, type=_positive_int, default=d.steps, help="SGD steps"
-    )
-    p.add_argument(
-        "--batch-size",
-        action=_Explicit,
-        type=_positive_int,
-        default=d.batch_size,
-        help="SGD minibatch size b (sampled with replacement)",
-    )
-    p.add_argument(
-        "--lr", action=_Explicit, type=_positive_float, default=d.lr, help="SGD learning rate η"
-    )
-    p.add_argument(
-        "--record-every",
-        action=_Explicit,
-        type=_positive_int,
-        default=d.record_every,
-        help="record a parameter snapshot every this many SGD steps",
-    )
-    p.add_argument(
-        "--checkpoints",
-        action=_Explicit,
-        type=_float_list(_fraction),
-        default=d.checkpoints,
-        metavar="F[,F...]",
-        help="fractions of training at which D is analysed",
-    )
-    p.add_argument(
-        "--eps",
-        action=_Explicit,
-        type=_float_list(_positive_float),
-        default=d.eps,
-        metavar="C[,C...]",
-        help="metric strengths for the flows, in units of 1/λ_max(D(w0)): "
-        "ε = C/λ_max, so C = ε·λ_max (C < 1 is the weak-field regime)",
-    )
-    p.add_argument(
-        "--cycle-steps",
-        action=_Explicit,
-        type=_positive_int,
-        default=d.cycle_steps,
-        help="steps of the constant-step SGD continuation after training, recorded every "
-        "step for the limit-cycle and diffusion-map sections (at least 16)",
-    )
-    p.add_argument(
-        "--seed",
-        action=_Explicit,
-        type=int,
-        default=d.seed,
-        help="seed of the initialisation and the SGD minibatches",
-    )
-    p.add_argument(
-        "--data-seed",
-        action=_Explicit,
-        type=int,
-        default=d.data_seed,
-        help="seed of the shuffle that picks the train/test subsets",
-    )
-    p.add_argument("--float64", action="store_true", help="compute in float64 (enables jax x64)")
-    p.add_argument(
+    profile.add_argument(
         "--tiny",
         action="store_true",
-        help="a seconds-long setting for smoke tests (small width, data and steps); "
-        "explicit options still override it",
+        help="the seconds-long profile for smoke tests (its numbers mean nothing)",
     )
     p.add_argument(
-        "--keep-trajectory",
-        action="store_true",
-        help="keep the recorded SGD trajectories under OUT/trajectory/ (chunked .npy "
-        "stores readable with grd.analysis.load_trajectory); by default they "
-        "are deleted after the analysis",
+        "--experiments",
+        type=_name_list,
+        default=None,
+        metavar="NAME[,NAME...]",
+        help=f"the experiments to run, or 'all' (the default); run in registry order. "
+        f"Experiments: {names}",
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S[,S...]",
+        help="the seeds every experiment repeats over (default: 0,1,2; --tiny: 0,1)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME.FIELD=VALUE",
+        help="change one field of an experiment's configuration (repeatable), e.g. "
+        "--set diffusion_maps.lr=0.05; --list shows the fields",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the experiments, their sources and their configuration in the chosen "
+        "profile, and exit",
+    )
+    p.add_argument("--float64", action="store_true", help="compute in float64 (enables jax x64)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines or bars")
     _add_debug(p)
     p.set_defaults(func=_cmd_reproduce, parser=p)
 
@@ -301,18 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_reproduce(args) -> int:
     p = args.parser
-    # 1. the configuration (argument values, sizes against the data, seeds)
-    explicit = set(getattr(args, "explicit", set())) | ({"float64"} if args.float64 else set())
-    fields = {f for f in rp.ReproduceConfig.__dataclass_fields__}
-    values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
-    if args.tiny:
-        config = rp.ReproduceConfig.tiny(**{k: v for k, v in values.items() if k in explicit})
-    else:
-        config = rp.ReproduceConfig(**values)
+    profile = "full" if args.full else "tiny" if args.tiny else "default"
+    # 1. the plan (experiments, seeds, configuration overrides): checked before anything runs
+    experiments = None if args.experiments in (None, ("all",)) else args.experiments
     try:
-        config.validate()
+        plan = rp.make_plan(
+            profile,
+            experiments=experiments,
+            seeds=args.seeds,
+            overrides=args.overrides,
+            float64=args.float64,
+        )
     except ValueError as e:
         p.error(str(e))
+    if args.list:
+        reg = rp.registry()
+        for name in plan.experiments:
+            exp = reg[name]
+            print(f"{name}: {exp.title} [{'; '.join(exp.sources)}]")
+            print(f"    {profile}: {plan.configs[name]}")
+        return 0
     # 2. the output path: nothing is computed before it is known to be usable
     out: Path = args.out
     try:
@@ -320,8 +299,8 @@ def _cmd_reproduce(args) -> int:
     except rp.OutputExistsError as e:
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
             p.error(str(e))
-        plan = rp.check_output(out, overwrite=True)
-        print(f"{plan.describe()}.", file=sys.stderr)
+        check = rp.check_output(out, overwrite=True)
+        print(f"{check.describe()}.", file=sys.stderr)
         # the prompt goes to stderr with the rest of the dialogue (stdout may be redirected)
         print("Delete these files and write the new report there? [y/N] ", end="", file=sys.stderr)
         sys.stderr.flush()
@@ -332,11 +311,10 @@ def _cmd_reproduce(args) -> int:
     except rp.OutputError as e:
         p.error(str(e))
     files = rp.reproduce(
-        config,
+        plan,
         out,
         overwrite=True,
         progress=not args.quiet,
-        keep_trajectory=args.keep_trajectory,
         command=["grd", *sys.argv[1:]] if args.argv is None else ["grd", *args.argv],
         resume=args.resume,
     )
@@ -406,7 +384,7 @@ def _cmd_info(args) -> int:
     del args
     import jax
 
-    versions = rp._versions()
+    versions = rp.versions()
     width = max(len(k) for k in versions)
     for name, version in versions.items():
         print(f"{name:<{width}}  {version}")

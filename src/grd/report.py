@@ -127,6 +127,8 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 90%; color: #555; }
 .meta { color: #666; font-size: 90%; }
+#findings table { font-size: 85%; }
+#findings td, #findings th { text-align: left; vertical-align: top; }
 nav a { margin-right: 1em; }
 """
 
