@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.linalg import solve_discrete_lyapunov
 
 from grd.experiments import VERDICTS, Context
@@ -72,6 +73,7 @@ def test_verdict_rule_nonequilibrium_linear_process_has_a_current():
     assert current_verdict(mixed, [True, True])[0] == "inconclusive"
 
 
+@pytest.mark.slow  # ≈ 45 s of CPU; tests/test_cli.py runs every experiment's tiny profile
 def test_tiny_end_to_end(tmp_path):
     cfg = EXPERIMENT.configs["tiny"]
     out = EXPERIMENT.run(cfg, Context(EXPERIMENT.name, tmp_path, seeds=(0,)))

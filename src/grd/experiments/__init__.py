@@ -55,7 +55,12 @@ __all__ = [
 
 #: The experiment modules of ``grd reproduce``, in report order (one per line: merges add a
 #: line). Each module ``grd.experiments.<name>`` defines ``EXPERIMENT`` named ``<name>``.
-_MODULES: tuple[str, ...] = ("diffusion_maps",)
+_MODULES: tuple[str, ...] = (
+    "cs_nonequilibrium",
+    "diffusion_maps",
+    "poster_grd_ngd",
+    "optimisers_rbm",
+)
 
 
 def registry() -> dict[str, Experiment]:
