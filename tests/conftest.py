@@ -21,3 +21,10 @@ settings.load_profile("ci")
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4 — each worker imports
+    JAX and compiles its own programs (≈ 1 GB each), and beyond 4 the suite is bound by its
+    longest test file (``--dist loadfile`` keeps a file's module fixtures in one worker)."""
+    return max(1, min(os.cpu_count() or 1, 4))
