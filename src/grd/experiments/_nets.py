@@ -218,10 +218,14 @@ def bootstrap_interval(
 
     ``statistic`` draws its own resample from ``rng`` (so hierarchical resampling — seeds,
     then draw sets inside a seed — is written where the data's structure is known).
+    Non-finite replicates are dropped; if more than half are, ``(nan, nan)`` is returned
+    (the caller must then report the statistic as undefined).
     """
     rng = np.random.default_rng(seed)
     reps = np.array([statistic(rng) for _ in range(n_boot)], np.float64)
     reps = reps[np.isfinite(reps)]
+    if reps.size < n_boot // 2:  # the statistic is undefined on most resamples
+        return float("nan"), float("nan")
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
