@@ -20,6 +20,7 @@ estimator of B_simple (their Appendix A) from independent draw sets of minibatch
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -129,16 +130,23 @@ def hierarchical_log_ratio(values: np.ndarray, *, n_boot: int, seed: int):
     v = np.where(v > 0, v, np.nan)
 
     def stat_from(means):
-        return float(np.nanmean(np.log(means[:, -1] / means[:, 0])))
+        with warnings.catch_warnings():  # all-NaN slices are the undefined case, kept as NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmean(np.log(means[:, -1] / means[:, 0])))
 
-    est = stat_from(np.nanmean(v, axis=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = stat_from(np.nanmean(v, axis=2))
 
     def stat(rng):
         s, t, k = v.shape
         seeds = rng.integers(0, s, s)
         sets = rng.integers(0, k, (s, t, k))
         picked = v[seeds[:, None, None], np.arange(t)[None, :, None], sets]
-        return stat_from(np.nanmean(picked, axis=2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(picked, axis=2)
+        return stat_from(means)
 
     lo, hi = bootstrap_interval(stat, n_boot=n_boot, seed=seed)
     return est, lo, hi
