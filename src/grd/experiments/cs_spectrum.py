@@ -350,7 +350,10 @@ def run(cfg: Config, ctx: Context) -> Outcome:
                 verdict=verdict,
                 reason=reason
                 + f" Ranks at the end: {ranks} of d = {d} (bound min(d, N−1) = {min(d, n - 1)}); "
-                "rank/d is not comparable across d (the threshold grows with d). Null: "
+                "rank/d is not comparable across d (the threshold grows with d). Threshold-free: "
+                f"participation ratio {fmt(np.mean([s['participation_ratio'] for s in final]))}"
+                f" ({fmt(100 * np.mean([s['participation_fraction'] for s in final]))} % of d), "
+                f"k99 {fmt(100 * np.mean([s['k99_fraction'] for s in final]))} % of d. Null: "
                 "isotropic Gaussian gradients, same N, d, tr D.",
                 unit="rank/d at the end of training",
             )
@@ -370,8 +373,8 @@ def run(cfg: Config, ctx: Context) -> Outcome:
                 uncertainty=(hi - lo) / 2,
                 null=1.0,
                 verdict=r_verdict,
-                reason=r_reason + f" Distance from initialisation to the first checkpoint "
-                f"{fmt(np.mean(from_init))} (the statistic can see change); tr D changes by "
+                reason=r_reason + " For comparison, initialisation → first checkpoint: "
+                f"{fmt(np.mean(from_init))}; tr D changes by "
                 f"×{fmt(np.exp(np.mean(np.log(scale))))} (geometric mean) over the same span, "
                 "which the unit-trace shape ignores.",
                 unit="TV along / TV across seeds",
