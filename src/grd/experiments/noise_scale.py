@@ -268,7 +268,11 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             uncertainty=(ln_hi - ln_lo) / 2 if np.isfinite(ln_hi - ln_lo) else None,
             null=0.0,
             verdict=v_n,
-            reason=r_n + " Interval: hierarchical percentile bootstrap over seeds and draw sets.",
+            reason=r_n + " Interval: hierarchical percentile bootstrap over seeds and draw sets. "
+            f"ḡᵀHḡ (mean over seeds) is {fmt(curvature[:, 0].mean())} at the start and "
+            f"{fmt(curvature[:, -1].mean())} at the end; {int(np.sum(curvature <= 0))} of "
+            f"{curvature.size} (seed, checkpoint) pairs have ḡᵀHḡ ≤ 0, where B_noise is not "
+            "defined. Near initialisation ḡᵀHḡ is small and B_noise ill-conditioned.",
             unit="log(B_end/B_start)",
         ),
     ]
