@@ -48,9 +48,9 @@ class Config:
     kernel: int = 3
     lr: float = 0.05
     batch_size: int = 64
-    steps: int = 1500
+    steps: int = 1000
     chunk: int = 50
-    snapshot_steps: tuple[int, ...] = (0, 50, 150, 300, 600, 1000, 1500)
+    snapshot_steps: tuple[int, ...] = (0, 50, 150, 300, 600, 1000)
     n_draws: int = 32
     n_sets: int = 8
     n_null_sets: int = 32
@@ -99,9 +99,11 @@ def layer_labels(params) -> tuple[np.ndarray, list[str]]:
 def directional_stats(grads: np.ndarray) -> dict:
     """κ (MLE), R̄, GS and GNS of one draw set of minibatch gradients, shape (n, p)."""
     g = jnp.asarray(grads)
+    u = np.asarray(grads, np.float64)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
     return {
         "kappa": float(analysis.vmf_concentration(g, method="mle")),
-        "rbar": float(analysis.mean_resultant_length(g)),
+        "rbar": float(np.linalg.norm(u.mean(axis=0))),  # R̄ = |Σ u_i| / n
         "gs": float(analysis.gradient_stochasticity(g)),
         "gns": float(analysis.gradient_norm_stochasticity(g)),
     }
