@@ -63,8 +63,8 @@ class Config:
     lr: float = 0.05
     momentum: float = 0.9
     batch_size: int = 64
-    steps: int = 1000
-    chunk: int = 50
+    steps: int = 600
+    chunk: int = 30
     fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 1.0)
     lanczos_k: int = 10
     n_boot: int = 2000
