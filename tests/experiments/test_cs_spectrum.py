@@ -20,6 +20,7 @@ from grd.experiments.cs_spectrum import (
 from grd.report import to_jsonable
 
 
+@pytest.mark.slow  # ≈ 30 s of CPU; tests/test_cli.py runs every experiment's tiny profile
 def test_tiny_end_to_end(tmp_path):
     out = EXPERIMENT.run(EXPERIMENT.configs["tiny"], Context("cs_spectrum", tmp_path, seeds=(0,)))
     assert out.section.key == "cs_spectrum"

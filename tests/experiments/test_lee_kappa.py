@@ -21,6 +21,7 @@ from grd.experiments.lee_kappa import (
 from grd.report import to_jsonable
 
 
+@pytest.mark.slow  # ≈ 30 s of CPU; tests/test_cli.py runs every experiment's tiny profile
 def test_tiny_end_to_end(tmp_path):
     cfg = EXPERIMENT.configs["tiny"]
     out = EXPERIMENT.run(cfg, Context("lee_kappa", tmp_path, seeds=(0,)))

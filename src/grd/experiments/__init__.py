@@ -56,9 +56,12 @@ __all__ = [
 #: The experiment modules of ``grd reproduce``, in report order (one per line: merges add a
 #: line). Each module ``grd.experiments.<name>`` defines ``EXPERIMENT`` named ``<name>``.
 _MODULES: tuple[str, ...] = (
+    "cs_spectrum",
     "cs_nonequilibrium",
+    "lee_kappa",
     "diffusion_maps",
     "poster_grd_ngd",
+    "noise_scale",
     "optimisers_rbm",
 )
 
