@@ -10,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from ..experiments import Finding, format_value
 from ..report import Section, Table
 
-__all__ = ["FINDINGS_HEADER", "findings_section", "machine", "meta_lines", "versions"]
+__all__ = [
+    "FINDINGS_HEADER",
+    "findings_section",
+    "machine",
+    "meta_lines",
+    "readme_findings_table",
+    "versions",
+]
 
 #: The columns of the Findings table.
 FINDINGS_HEADER: tuple[str, ...] = (
@@ -132,3 +139,30 @@ def meta_lines(
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def readme_findings_table(metrics: Mapping) -> str:
+    """The README's findings table, rendered from a committed report's ``metrics.json``.
+
+    One row per finding (claim, experiment, measured ± uncertainty, null, verdict) as Markdown;
+    ``tests/test_readme.py`` checks that README.md carries exactly this text for the report
+    under ``docs/results/``, so the README quotes the committed results and nothing else.
+    """
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| claim | experiment | measured ± uncertainty | null | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for f in metrics["findings"]:
+        measured = format_value(f["measured"], f["uncertainty"])
+        if f.get("unit"):
+            measured += f" ({f['unit']})"
+        null = "—" if f["null"] is None else format_value(f["null"])
+        lines.append(
+            f"| {cell(f['claim'])} | `{f['experiment']}` | {cell(measured)} | {null} | "
+            f"**{_verdict(f['verdict'])}** |"
+        )
+    return "\n".join(lines) + "\n"

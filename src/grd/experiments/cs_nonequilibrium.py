@@ -541,7 +541,8 @@ def _outcome(cfg, ctx, per, cs, first, minima, d, n, spe, wall):
             Finding(
                 claim=(
                     "SGD does not reach equilibrium: at its stationary state the iterates carry "
-                    "a probability current (limit cycles), because D does not commute with H"
+                    "a probability current (limit cycles), because D does not commute with H "
+                    f"({name})"
                 ),
                 source=SOURCE,
                 paper_setting="FC net, 7×7 MNIST, momentum 0.9, ~10⁵ epochs, FFT of increments",
