@@ -396,8 +396,16 @@ def _cs_stats(snaps, key, max_lag):
 
 
 def run(cfg: Config, ctx: Context) -> Outcome:
-    if not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)  # the prediction needs float64
+    """The experiment in float64 (the prediction needs it), inside a scoped x64 context: the
+    process-wide setting seen by the other experiments is left unchanged."""
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # jax < 0.7 spells it jax.experimental.enable_x64
+        from jax.experimental import enable_x64
+    with enable_x64(True):
+        return _run(cfg, ctx)
+
+
+def _run(cfg: Config, ctx: Context) -> Outcome:
     t0 = time.perf_counter()
     data = _data(cfg)
     n, p = data["x"].shape
