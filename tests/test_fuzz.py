@@ -1,4 +1,4 @@
-"""Fuzzing (issue 9): the identities of the theory page on random models, and the CLI on random arguments.
+"""Fuzzing (issue 9): the theory page's identities on random models, the CLI on random arguments.
 
 Random models: depth 1–3, width 1–6, activation tanh/relu/softplus/sin, squared-error or
 cross-entropy loss, parameters as nested dicts, lists or tuples; every identity of the theory page

@@ -66,3 +66,18 @@ def test_readme_self_contained_blocks_run_on_their_own(tmp_path):
     proc = _run(alone, tmp_path)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert re.search(r"minibatch loss [0-9.]+ after 100 steps", proc.stdout), proc.stdout
+
+
+def test_readme_findings_table_is_quoted_from_the_committed_report():
+    """README's findings table is the committed default report's ``metrics.json`` rendered by
+    ``readme_findings_table`` (one source of truth: rerun, commit the report, paste the table)."""
+    import json
+
+    from grd._reproduce._findings import readme_findings_table
+
+    report = ROOT / "docs" / "results" / "default"
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["profile"] == "default" and len(metrics["seeds"]) >= 3
+    assert (report / "report.md").is_file()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_findings_table(metrics) in readme

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error naming the argument (conventions of the theory page, issue 2 and 9)."""
+"""Bad input gets a clear error naming the argument (the theory page's conventions; issues 2, 9)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,8 @@
 """grd: the geometry of stochastic gradient descent in JAX.
 
 The diffusion matrix ``D(w)`` of SGD, the diffusion metric ``g = I + εD``, its Christoffel
-symbols, and the flows (GRD, NGD, GD, SGD as an SDE) built on them. The mathematics: docs/theory.md (in the built site, the Theory page).
+symbols, and the flows (GRD, NGD, GD, SGD as an SDE) built on them. The mathematics:
+docs/theory.md (in the built site, the Theory page).
 """
 
 from . import (
