@@ -144,7 +144,8 @@ def utc_now() -> str:
 def readme_findings_table(metrics: Mapping) -> str:
     """The README's findings table, rendered from a committed report's ``metrics.json``.
 
-    One row per finding (claim, experiment, measured ± uncertainty, null, verdict) as Markdown;
+    One row per finding (claim, experiment and our setting, measured ± uncertainty, null,
+    verdict) as Markdown;
     ``tests/test_readme.py`` checks that README.md carries exactly this text for the report
     under ``docs/results/``, so the README quotes the committed results and nothing else.
     """
@@ -153,7 +154,7 @@ def readme_findings_table(metrics: Mapping) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     lines = [
-        "| claim | experiment | measured ± uncertainty | null | verdict |",
+        "| claim | experiment: our setting | measured ± uncertainty | null | verdict |",
         "|---|---|---|---|---|",
     ]
     for f in metrics["findings"]:
@@ -162,7 +163,8 @@ def readme_findings_table(metrics: Mapping) -> str:
             measured += f" ({f['unit']})"
         null = "—" if f["null"] is None else format_value(f["null"])
         lines.append(
-            f"| {cell(f['claim'])} | `{f['experiment']}` | {cell(measured)} | {null} | "
+            f"| {cell(f['claim'])} | `{f['experiment']}`: {cell(f['our_setting'])} | "
+            f"{cell(measured)} | {null} | "
             f"**{_verdict(f['verdict'])}** |"
         )
     return "\n".join(lines) + "\n"
