@@ -26,6 +26,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: One experiment pinned, so these tests do not grow with the registry.
 # every registered experiment end to end at its tiny size, once (≈ 150–250 s of CPU on 2 cores)
 TINY = ["reproduce", "--tiny", "--quiet"]
+# one quick experiment, for the tests of the run's plumbing (refusals, interrupts, kills)
+ONE = [*TINY, "--experiments", "diffusion_maps"]
 
 
 _run_cli = run_cli
@@ -171,6 +173,7 @@ def test_reproduce_tiny_metrics_are_complete_and_finite(tiny_report):
         assert all(len(v) == 2 for v in dm["dimensions"][s].values())
     assert dm["verdicts"]["circle"]["verdict"] == "reproduced"  # the positive control
     section = md[md.index("## Diffusion maps") :]
+    section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
     assert "ln n" in section and "ε" not in section  # ε is the metric's; kernels have bandwidths
 
 
@@ -252,7 +255,7 @@ def test_bad_arguments_one_line_exit_2(args, fragment, capsys):
 def test_output_path_that_is_a_file(tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("keep me")
-    code = main([*TINY, "--out", str(target)])
+    code = main([*ONE, "--out", str(target)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a directory" in err
     assert target.read_text() == "keep me"
@@ -262,7 +265,7 @@ def test_non_empty_output_refused_without_force(tmp_path):
     target = tmp_path / "existing"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
-    proc = _run_cli(*TINY, "--out", str(target))  # stdin is not a terminal here
+    proc = _run_cli(*ONE, "--out", str(target))  # stdin is not a terminal here
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--force" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -351,7 +354,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(report, "write_report", write_then_interrupt)
     out = tmp_path / "report"
-    code = main([*TINY, "--out", str(out)])
+    code = main([*ONE, "--out", str(out)])
     assert code == 130
     assert written_dirs  # the report was fully written before the interrupt
     assert "interrupted" in capsys.readouterr().err
@@ -371,7 +374,7 @@ def test_interrupted_overwrite_keeps_previous_report(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_runner, "run_experiment", fail)
-    code = main([*TINY, "--out", str(out), "--force"])
+    code = main([*ONE, "--out", str(out), "--force"])
     assert code == 130
     assert json.loads((out / "metrics.json").read_text()) == {"previous": 1}
     assert sorted(p.name for p in out.iterdir()) == [".grd-report", "metrics.json"]
@@ -386,7 +389,7 @@ def test_killed_run_leaves_no_complete_looking_directory(tmp_path):
             sys.executable,
             "-m",
             "grd.cli",
-            *[a for a in TINY if a != "--quiet"],
+            *[a for a in ONE if a != "--quiet"],
             "--set",
             "diffusion_maps.train_steps=200000",
             "--out",

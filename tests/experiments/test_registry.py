@@ -70,9 +70,11 @@ def test_make_plan_checks_names_seeds_and_overrides_before_anything_runs():
     plan = make_plan("tiny", experiments=["diffusion_maps"], overrides=["diffusion_maps.lr=0.05"])
     assert plan.configs["diffusion_maps"].lr == 0.05 and plan.seeds == (0, 1)
     assert make_plan("default").seeds == (0, 1, 2)
-    assert plan.key() == make_plan("tiny", overrides=["diffusion_maps.lr=0.05"]).key()
-    assert plan.key() != make_plan("tiny").key()
-    with pytest.raises(ValueError, match="unknown experiment spectrum; choose from diffusion_maps"):
+    one = ["diffusion_maps"]
+    assert plan.key() == make_plan("tiny", experiments=one, overrides=["diffusion_maps.lr=0.05"]).key()
+    assert plan.key() != make_plan("tiny", experiments=one).key()
+    listed = ", ".join(registry())
+    with pytest.raises(ValueError, match=f"unknown experiment spectrum; choose from {listed}"):
         make_plan("tiny", experiments=["spectrum"])
     with pytest.raises(ValueError, match="expects an integer"):
         make_plan("tiny", overrides=["diffusion_maps.n_points=1.5"])
