@@ -71,7 +71,8 @@ def test_make_plan_checks_names_seeds_and_overrides_before_anything_runs():
     assert plan.configs["diffusion_maps"].lr == 0.05 and plan.seeds == (0, 1)
     assert make_plan("default").seeds == (0, 1, 2)
     one = ["diffusion_maps"]
-    assert plan.key() == make_plan("tiny", experiments=one, overrides=["diffusion_maps.lr=0.05"]).key()
+    same = make_plan("tiny", experiments=one, overrides=["diffusion_maps.lr=0.05"])
+    assert plan.key() == same.key()
     assert plan.key() != make_plan("tiny", experiments=one).key()
     listed = ", ".join(registry())
     with pytest.raises(ValueError, match=f"unknown experiment spectrum; choose from {listed}"):
