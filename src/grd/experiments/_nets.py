@@ -21,6 +21,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import data as grd_data
 from ._base import Context
+from ._stats import mean_ci
 
 __all__ = [
     "SmallFC",
@@ -198,13 +199,8 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float]:
 
     The half-width is 0 for a single value (no spread can be estimated: say so in the text).
     """
-    from scipy import stats
-
-    x = np.asarray(values, np.float64).ravel()
-    if x.size < 2:
-        return float(x.mean()), 0.0
-    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return float(x.mean()), float(half)
+    m, half = mean_ci(values, level)
+    return m, 0.0 if half is None else half
 
 
 def bootstrap_interval(

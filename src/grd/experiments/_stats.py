@@ -53,6 +53,19 @@ def _values(x, name: str, min_n: int = 1) -> np.ndarray:
     return a
 
 
+def mean_ci(values, level: float = 0.95):
+    """Mean and the half-width of its Student-t confidence interval (None for one value);
+    the plain-tuple form of :func:`summarize`, without its finiteness check."""
+    from scipy import stats
+
+    v = np.asarray(values, float).ravel()
+    m = float(v.mean())
+    if v.size < 2:
+        return m, None
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return m, float(half)
+
+
 def summarize(values, *, level: float = 0.95) -> SeedSummary:
     """Mean ± standard error over seeds and the t-based confidence interval.
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..report import Figure, Section, Table, figure_png
 from ._base import Context, Experiment, Finding, Outcome
+from ._stats import mean_ci
 
 __all__ = ["EXPERIMENT", "Config", "mean_ci", "paired_verdict", "interpolate_at"]
 
@@ -106,18 +107,6 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------------
 # Statistics and verdict rule (pure; tested on synthetic data)
 # --------------------------------------------------------------------------------------------
-
-
-def mean_ci(values, level: float = 0.95):
-    """Mean and the half-width of its Student-t confidence interval (None for one value)."""
-    from scipy import stats
-
-    v = np.asarray(values, float).ravel()
-    m = float(v.mean())
-    if v.size < 2:
-        return m, None
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return m, float(half)
 
 
 def paired_verdict(differences, *, margin: float):
