@@ -113,3 +113,21 @@ def test_lanczos_generic_operator_is_the_hessian(problem):
     np.testing.assert_allclose(U @ H, np.asarray(sp.eigenvalues)[:, None] * U, atol=1e-9)
     hs = grd.hessian_spectrum(loss_fn, params, batch, 3, num_matvecs=H.shape[0])
     np.testing.assert_allclose(hs.eigenvalues, ref[:3], atol=TOL64)
+
+
+@pytest.mark.parametrize("n", [12, 45])
+def test_lanczos_examples_space_and_parameter_space_agree(n):
+    """N < d runs the loop on the dual K = C Cᵀ/N (basis in R^N), N ≥ d and the chunked product
+    on D itself (basis in R^d): both exhaust the Krylov space at m = min(N, d) and must give
+    the Gram eigenpairs to float64 round-off (eigenvectors up to sign)."""
+    loss_fn, params, batch = tiny_mlp_problem(n=n, hidden=5)  # d = 30
+    D = np.asarray(grd.diffusion_matrix(loss_fn, params, batch))
+    lam = np.linalg.eigvalsh(D)[::-1]
+    m = min(n, D.shape[0])
+    kw = dict(method="lanczos", num_matvecs=m, return_eigenvectors=True)
+    for chunk in (None, 5):
+        sp = grd.diffusion_spectrum(loss_fn, params, batch, 4, chunk_size=chunk, **kw)
+        np.testing.assert_allclose(sp.eigenvalues, lam[:4], atol=TOL64)
+        U = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(sp.eigenvectors))
+        np.testing.assert_allclose(U @ D, lam[:4, None] * U, atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(U, axis=1), 1.0, atol=1e-12)

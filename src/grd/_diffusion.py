@@ -181,17 +181,17 @@ def diffusion_spectrum(
     ``method="gram"`` (exact): the non-zero eigenvalues of D are those of the N×N Gram matrix
     ``C Cᵀ / N``; eigenvectors ``Cᵀu / √(Nλ)``. Needs the N×d matrix C (N gradients).
     ``method="lanczos"`` (top-k, matrix-free): Lanczos with full reorthogonalisation
-    (:func:`grd.lanczos_eigh`'s loop) on ``v ↦ D v`` with ``num_matvecs`` products (default
-    ``min(d, N, max(2k + 10, 30))``); memory O(num_matvecs·d). The basis is kept as (m, d)
-    rows in two blocks and reorthogonalised by one Gram–Schmidt pass per step (a second
-    when it cancels); without ``chunk_size`` the per-example losses are linearised once,
-    outside the loop, so a step costs the linear JVP + VJP of a D·v product.
-    Measured (benchmarks/results/lanczos.md, float32, 2-core CPU shared at load 10–16,
-    k = 10, 30 steps): 2.6× (784-256-10, N = 256) and 3.0× (784-1024-1024-10, N = 128)
-    the time of 30 standalone D·v products, against 10.5× and 3.8× for matfree's
-    ``tridiag_sym`` in the same run; top-10 within 2.1e-6 (relative) of the Gram spectrum
-    on the larger model. The call is compiled once per ``(loss_fn, k, num_matvecs)`` and
-    shapes: repeated eager calls with the same ``loss_fn`` do not retrace.
+    (:func:`grd.lanczos_eigh`'s loop) with ``num_matvecs`` products (default
+    ``min(d, N, max(2k + 10, 30))``). When N < d (and no ``chunk_size``) the loop runs on the
+    dual ``K = C Cᵀ / N``, whose non-zero eigenvalues are those of D: each step is the same
+    VJP + JVP as a D·v product and the basis, (m, N), costs nothing to reorthogonalise; the
+    Ritz vectors are lifted back as ``Cᵀy / ‖Cᵀy‖``. Otherwise (N ≥ d, or a chunked batch)
+    the basis is (m, d) rows in two blocks, reorthogonalised by one Gram–Schmidt pass per
+    step (a second when it cancels), memory O(m·d). Without ``chunk_size`` the per-example
+    losses are linearised once, outside the loop. Measured in benchmarks/results/lanczos.md
+    (float32, 2-core CPU, k = 10, 30 steps, against 30 standalone D·v products). The call
+    is compiled once per ``(loss_fn, k, num_matvecs)`` and shapes: repeated eager calls
+    with the same ``loss_fn`` do not retrace.
 
     Args:
       k: number of eigenvalues. ``gram``: default ``min(N − 1, d)`` (``rank D ≤ N − 1``),
@@ -277,10 +277,54 @@ def _diffusion_operator(loss_fn, params, batch, chunk_size):
     return matvec
 
 
+def _gram_operator(loss_fn, params, batch):
+    """The dual of D on the examples: ``y ↦ K y`` with ``K = C Cᵀ / N`` (N×N), and ``y ↦ Cᵀ y``.
+
+    K has the non-zero eigenvalues of ``D = CᵀC / N`` (theory §2); ``Cᵀ y = Jᵀ P y`` with J the
+    Jacobian of ``w ↦ (f_a(w))_a`` and P the centring projector, so ``K y = P J Jᵀ P y / N``
+    costs one VJP and one JVP, the linear halves of a D·v product in the other order. The
+    forward pass is linearised once (loop invariant).
+    """
+    losses = lambda p: batch_losses(loss_fn, p, batch)
+    _, jvp = jax.linearize(losses, params)
+    vjp = jax.linear_transpose(jvp, params)
+
+    def lift(y):
+        c = y - jnp.mean(y)
+        return tree_ravel(vjp((c - jnp.mean(c)).astype(y.dtype))[0])[0]
+
+    def matvec(y):
+        s = jvp(unravel(lift(y)))
+        return centred(s).astype(y.dtype)
+
+    unravel = tree_ravel(params)[1]
+    return matvec, lift
+
+
 @eqx.filter_jit
 def _lanczos_top(loss_fn, params, batch, key, *, m, k, vectors, chunk_size):
-    """Top-k eigenpairs of D by ``m`` Lanczos steps (compiled once per loss_fn, m, k)."""
-    flat, _ = tree_ravel(params)
+    """Top-k eigenpairs of D by ``m`` Lanczos steps (compiled once per loss_fn, m, k).
+
+    When N < d and the batch is not chunked, the loop runs on the dual ``K = C Cᵀ / N``
+    (:func:`_gram_operator`): the same products, but the basis and its full
+    reorthogonalisation live in R^N, not R^d. In R^d the reorthogonalisation is
+    memory-bound (it reads the (m, d) basis once or twice per step) and measured 1.9× and
+    3.0× the products' own time (benchmarks/results/lanczos.md); in R^N it is negligible.
+    The Ritz vectors are lifted back with ``v = Cᵀ y / ‖Cᵀ y‖`` (k VJPs, batched).
+    """
+    flat, unravel = tree_ravel(params)
+    n = val.batch_size(batch)
+    if chunk_size is None and n < flat.shape[0]:
+        matvec, lift = _gram_operator(loss_fn, params, batch)
+        y0 = jax.random.normal(key, (n,), flat.dtype)
+        alpha, beta, blocks = lanczos_tridiag(matvec, y0, m, key=jax.random.fold_in(key, 1))
+        lam, Y = ritz_pairs(alpha, beta, blocks, k, vectors=vectors)
+        V = None
+        if vectors:
+            V = jax.vmap(lift)(Y)
+            norm = jnp.linalg.norm(V, axis=1, keepdims=True)
+            V = jnp.where(norm > 0, V / jnp.where(norm > 0, norm, 1), 0.0)
+        return jnp.clip(lam, 0.0, None), V
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
     matvec = _diffusion_operator(loss_fn, params, batch, chunk_size)
     alpha, beta, blocks = lanczos_tridiag(matvec, v0, m, key=jax.random.fold_in(key, 1))
