@@ -44,7 +44,7 @@ from .. import analysis
 from ..report import Figure, Section, Table, figure_png
 from ._base import Context, Experiment, Finding, Outcome
 from ._nets import SmallFC, classifier, fmt, load_mnist_arrays, train_with_snapshots
-from ._stats import mean_ci
+from ._stats import format_value, mean_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +426,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             return "undefined"
         m, h = mean_ci(ok)
         tail = f" ({ok.size}/{x.size} defined)" if ok.size < x.size else ""
-        return (f"{fmt(m)} ± {fmt(h, 1)}" if h is not None else fmt(m, digits)) + tail
+        return (format_value(m, h) if h is not None else fmt(m, digits)) + tail
 
     rows = []
     for ti, step in enumerate(cps):
