@@ -267,7 +267,9 @@ def _seed_means(along, across, control, idx):
     return float(np.mean(along[idx])), acr, float(np.mean(control[idx]))
 
 
-def remark13_verdict(along, across, control, *, n_boot: int = 2000, seed: int = 0) -> Remark13:
+def remark13_verdict(
+    along, across, control, *, train_error=None, n_boot: int = 2000, seed: int = 0
+) -> Remark13:
     """Verdict on Remark 13 from distances between spectra (:func:`log_spectrum_distance`).
 
     ``along`` (S, P): per seed, the distances between its P pairs of trained checkpoints;
@@ -279,7 +281,9 @@ def remark13_verdict(along, across, control, *, n_boot: int = 2000, seed: int = 
 
     ``not_reproduced`` if the along/across lower bound > :data:`REMARK13_CUT`; ``reproduced``
     if its upper bound ≤ the cut and the control's lower bound > the cut (the statistic can
-    tell a change from seed-to-seed variation); otherwise ``inconclusive``.
+    tell a change from seed-to-seed variation); otherwise ``inconclusive`` — and always
+    ``inconclusive`` if the mean final training error (``train_error``, one per seed) exceeds
+    :data:`TRAIN_ERROR_LIMIT` (not the paper's trained regime).
     """
     along = np.asarray(along, np.float64).reshape(len(control), -1)
     across = np.asarray(across, np.float64)
@@ -325,6 +329,12 @@ def remark13_verdict(along, across, control, *, n_boot: int = 2000, seed: int = 
         verdict, why = "inconclusive", "; the control is not resolved above the cut (no power)."
     else:
         verdict, why = "inconclusive", "; the interval contains the cut."
+    if train_error is not None and float(np.mean(train_error)) > TRAIN_ERROR_LIMIT:
+        why += (
+            f" Final training error {100 * float(np.mean(train_error)):.2g} % > "
+            f"{100 * TRAIN_ERROR_LIMIT:.2g} %: not the paper's trained regime."
+        )
+        verdict = "inconclusive"
     return Remark13(verdict, ratio, lo, hi, ctrl, (clo, chi), rule + why)
 
 
@@ -495,7 +505,9 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             for a, b in itertools.combinations(range(len(spec)), 2):
                 across[k, a, b] = across[k, b, a] = log_spectrum_distance(spec[a][i], spec[b][i])
         control = np.array([log_spectrum_distance(sp[i0], sp[trained[0]]) for sp in spec])
-        r13 = remark13_verdict(along, across, control, n_boot=cfg.n_boot, seed=1)
+        r13 = remark13_verdict(
+            along, across, control, train_error=err_end, n_boot=cfg.n_boot, seed=1
+        )
         # context: scale and eigenvectors, which the sorted unit-trace spectrum ignores
         overlap = [
             float(subspace_overlap(r["vecs"][i], r["vecs"][j])[0])
@@ -585,13 +597,6 @@ def run(cfg: Config, ctx: Context) -> Outcome:
                 unit="rank/d at the end of training",
             )
         )
-        r_verdict, r_reason = r13.verdict, r13.reason
-        if r_verdict != "inconclusive" and np.mean(err_end) > TRAIN_ERROR_LIMIT:
-            r_verdict = "inconclusive"
-            r_reason += (
-                f" Final training error {100 * np.mean(err_end):.2g} % > "
-                f"{100 * TRAIN_ERROR_LIMIT:.2g} %: not the paper's trained regime."
-            )
         findings.append(
             Finding(
                 claim="The eigenspectrum of D is almost unchanged along training (Remark 13, "
@@ -604,8 +609,8 @@ def run(cfg: Config, ctx: Context) -> Outcome:
                 measured=r13.ratio,
                 uncertainty=(r13.hi - r13.lo) / 2 if np.isfinite(r13.hi - r13.lo) else None,
                 null=r13.control,
-                verdict=r_verdict,
-                reason=r_reason
+                verdict=r13.verdict,
+                reason=r13.reason
                 + " Null column: the positive control. Context the sorted spectrum ignores: tr D "
                 f"changes ×{fmt(gscale)} (geometric mean) from "
                 f"{100 * cfg.fractions[trained[0]]:.0f} % to the end; the top-{TOP_K_VECTORS} "
