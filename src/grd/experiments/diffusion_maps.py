@@ -138,14 +138,14 @@ class DiffusionMapsConfig:
     hidden: int = 16
     lr: float = 0.1
     batch_size: int = 32
-    weight_decay: float = 0.05
+    weight_decay: float = 0.01
     train_steps: int = 1000
     n_points: int = 96
-    pilot_steps: int = 50000
-    pilot_thin: int = 25
+    pilot_steps: int = 40000
+    pilot_thin: int = 20
     n_pcs: int = 4
     tau_factor: float = 2.0
-    max_stride: int = 1200
+    max_stride: int = 800
     stationarity_batches: int = 8
     circle_ambient: int | None = None
     circle_noise: float = 0.002
@@ -470,6 +470,7 @@ def low_dimension_verdict(
     *,
     decorrelated: bool = True,
     stationary: bool = True,
+    detail: str | None = None,
 ):
     """Rule (i) (see the module docstring): is the set low-dimensional, read against Gaussian
     calibration sets of the same n and d through the same estimator?
@@ -481,6 +482,7 @@ def low_dimension_verdict(
         there differs, the verdict is ``inconclusive``.
       decorrelated: False forces ``inconclusive`` (the samples are not shown independent).
       stationary: False forces ``inconclusive``.
+      detail: why the samples are not decorrelated (for the reason).
 
     Returns:
       ``(verdict, reason, equivalent k)``.
@@ -496,8 +498,10 @@ def low_dimension_verdict(
     if not decorrelated:
         return (
             "inconclusive",
-            "the samples are not shown decorrelated (τ̂ unresolved by the pilot, the stride "
-            f"capped, or lag-1 autocorrelation of the samples too large); {where}.",
+            "the samples are not shown decorrelated, so stationarity cannot be told apart from "
+            "correlation at this length ("
+            + (detail or "τ̂ unresolved, the stride capped, or the samples' lag-1 too large")
+            + f"); {where}.",
             eq,
         )
     if not stationary:
@@ -872,6 +876,29 @@ def run(cfg: DiffusionMapsConfig, ctx: Context) -> Outcome:
     return _outcome(cfg, ctx, data, curves, per_seed, embed, ambient, kit.d)
 
 
+def _why_correlated(per_seed) -> str:
+    k = len(per_seed)
+    parts = []
+    unres = [p for p in per_seed if not p["tau_resolved"]]
+    if unres:
+        taus = ", ".join(f"{p['tau_int_top_pcs'].max():.0f}" for p in unres)
+        parts.append(
+            f"τ̂ unresolved in {len(unres)} of {k} seeds: {taus} steps, at the ≈ length/7 "
+            "saturation of the window estimator, so the true τ may be longer"
+        )
+    capped = sum(p["stride"] < p["stride_wanted"] for p in per_seed)
+    if capped:
+        parts.append(f"stride capped below the wanted one in {capped} of {k} seeds")
+    lag = [p for p in per_seed if p["samples_lag1_max_abs"] > p["samples_lag1_threshold"]]
+    if lag:
+        vals = ", ".join(f"{p['samples_lag1_max_abs']:.2f}" for p in lag)
+        parts.append(
+            f"samples' lag-1 autocorrelation {vals} beyond ±{lag[0]['samples_lag1_threshold']:.2f}"
+            f" in {len(lag)} of {k} seeds"
+        )
+    return "; ".join(parts) or "no check failed"
+
+
 def _fmt(values, digits=2):
     s = summarize(values)
     hw = s.half_width if math.isfinite(s.half_width) else None
@@ -897,6 +924,7 @@ def _outcome(cfg, ctx, data, curves, per_seed, embed, ambient, d) -> Outcome:
             None if cal is not calib else calib_max,
             decorrelated=decorrelated or s != "stationary",
             stationary=stationary or s != "stationary",
+            detail=_why_correlated(per_seed),
         )
         verdicts[s] = v
         beyond[s] = beyond_covariance(dims[s]["set"], dims[s]["ou_matched"])
