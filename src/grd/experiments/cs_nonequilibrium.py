@@ -433,20 +433,19 @@ def _equilibrium_path(lam, sd, eta, mu, x0, key, steps):
     return jax.lax.scan(step, init, jax.random.split(key, steps))[1]
 
 
-def _equilibrium_run(lam, v, d_modes, basis, eta, mu, cfg: Config, spe: int, burn: int, key):
+def _equilibrium_run(lam, v, d_modes, var0, basis, eta, mu, cfg: Config, spe, burn, key):
     """Linear SGD on ½xᵀHx with the reversible noise D_eq = V diag(VᵀDV) Vᵀ (the part of D
     that commutes with H: SGD's noise in every H mode, no current), same η, μ, b and records,
-    started from its stationary position variance per mode and burnt like the SGD run.
+    started from its stationary position variance per mode ``var0`` and burnt like the SGD
+    run. (The linear stationary variance of mode i depends on D̃_ii only, so ``var0`` is the
+    diagonal of SGD's Σ in the H eigenbasis.)
 
     Returns the per-step projections on ``basis``, the per-epoch snapshots (d) and the per-epoch
     coordinates in the H eigenbasis (d, ascending eigenvalues)."""
     steps = (cfg.epochs + burn) * spe
     sd = jnp.sqrt(d_modes / cfg.batch_size)
-    var0, _ = ga.sgd_stationary_covariance(
-        jnp.diag(lam), jnp.diag(d_modes), eta, cfg.batch_size, momentum=mu
-    )
     k0, k1 = jax.random.split(key)
-    x0 = jnp.sqrt(jnp.clip(jnp.diag(var0), 0.0)) * jax.random.normal(k0, lam.shape)
+    x0 = jnp.sqrt(jnp.clip(var0, 0.0)) * jax.random.normal(k0, lam.shape)
     xs = _equilibrium_path(lam, sd, eta, mu, x0, k1, steps)[burn * spe :]
     xe = xs[spe - 1 :: spe]
     return np.asarray(xs @ (v.T @ basis)), np.asarray(xe @ v.T), np.asarray(xe)
@@ -588,8 +587,11 @@ def _run(cfg: Config, ctx: Context) -> Outcome:
             cr = ga.compare_rates(br, np.asarray(pred))
             tau = float(np.max(np.asarray(ga.integrated_autocorrelation_time(y))))
             # The equilibrium control: same H, η, μ, b, per-mode noise; D_eq commutes with H.
+            vn = np.asarray(v)
+            var_modes = jnp.asarray(np.einsum("ij,ik,kj->j", vn, np.asarray(sig), vn))
             ye_q, snaps_q, modes_q = _equilibrium_run(
-                jnp.asarray(lam), jnp.asarray(v), d_modes, basis, eta, mu, cfg, spe, burn,
+                jnp.asarray(lam), jnp.asarray(v), d_modes, var_modes, basis, eta, mu, cfg, spe,
+                burn,
                 jax.random.fold_in(key, 20 + s_i),
             )  # fmt: skip
             jq = judge_current(
