@@ -190,7 +190,7 @@ def test_condition8_ratio_against_closed_forms():
     assert got > 0.3
 
 
-@pytest.mark.slow  # ≈ 40 s of CPU: the exact GRD/NGD solves compile for ≈ 30 s
+@pytest.mark.slow  # ≈ 65 s of CPU, mostly compiling the exact GRD/NGD and modified-flow solves
 def test_tiny_profile_end_to_end(tmp_path):
     cfg = exp.EXPERIMENT.configs["tiny"]
     out = exp.EXPERIMENT.run(cfg, Context("poster_grd_ngd", tmp_path, seeds=(0,)))
