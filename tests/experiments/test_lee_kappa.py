@@ -159,7 +159,6 @@ def _gaussian_draws(seed, seeds=5, steps=5, sets=4, n=16, p=300):
     return meas, sur
 
 
-@pytest.mark.slow  # ≈ 15 s of CPU: 1 200 κ fits
 def test_gaussian_null_is_judged_inconclusive():
     """On Gaussian draws (the surrogate is an exact null there) the surrogate-corrected gap is
     centred on 0 and the rule, which needs two 95 % intervals, is rarely decided: ≤ 1 of 6
