@@ -4,9 +4,23 @@ float32 tests build their inputs explicitly in float32 (Python scalars stay weak
 so they do not promote), so enabling x64 here does not change them.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+# One persistent XLA compilation cache for the whole session: the xdist workers, the `grd`
+# CLI subprocesses (the tiny report, the refusal/kill/resume runs) and the notebook kernels
+# inherit it, so a program compiled once is not compiled again by the next process. Created
+# by the first process (the xdist controller) and removed when it exits; a cache the user set
+# is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="grd-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
