@@ -66,8 +66,8 @@ def findings_section(findings: Sequence[tuple[str, Finding]], titles: Mapping[st
     }
     paragraphs = [
         f"{len(findings)} findings: claims of the source papers, each tested the way its paper "
-        "tested it as far as two CPU cores allow (rows marked \"grd's question\" or \"grd's "
-        "test of a proposal\" are not claims the sources make), against a null model or "
+        'tested it as far as two CPU cores allow (rows marked "grd\'s question" or "grd\'s '
+        'test of a proposal" are not claims the sources make), against a null model or '
         "control, over the seeds below: "
         f"{counts['reproduced']} reproduced, {counts['not_reproduced']} not reproduced, "
         f"{counts['inconclusive']} inconclusive. 'measured ± uncertainty' is the statistic the "
