@@ -289,15 +289,16 @@ def _gram_operator(loss_fn, params, batch):
     _, jvp = jax.linearize(losses, params)
     vjp = jax.linear_transpose(jvp, params)
 
-    def lift(y):
+    def transpose(y):  # Cᵀ y as a pytree like params
         c = y - jnp.mean(y)
-        return tree_ravel(vjp((c - jnp.mean(c)).astype(y.dtype))[0])[0]
+        return vjp((c - jnp.mean(c)).astype(y.dtype))[0]
+
+    def lift(y):
+        return tree_ravel(transpose(y))[0]
 
     def matvec(y):
-        s = jvp(unravel(lift(y)))
-        return centred(s).astype(y.dtype)
+        return centred(jvp(transpose(y))).astype(y.dtype)
 
-    unravel = tree_ravel(params)[1]
     return matvec, lift
 
 

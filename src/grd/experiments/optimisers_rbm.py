@@ -318,11 +318,11 @@ def _mlp_runner(cfg: Config):
         """λ_max(D) of a fresh minibatch at ``params`` by 50 power products, over the
         one-product warm-started estimate the optimiser uses: the realised field strength is
         this ratio times the nominal c."""
-        from .._optim import _loss_fn_matvec
+        import grd
 
         idx = jax.random.randint(key, (cfg.batch_size,), 0, cfg.n_train)
         mb = {"x": tr["x"][idx], "y": tr["y"][idx]}
-        dv = _loss_fn_matvec(lambda q: jax.vmap(loss_fn, in_axes=(None, 0))(q, mb), params)
+        dv = lambda v: grd.diffusion_matvec(loss_fn, params, mb, v)  # noqa: E731
         norm = lambda t: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(t)))  # noqa: E731
         unit = lambda t: jax.tree_util.tree_map(lambda x: x / norm(t), t)  # noqa: E731
         u = unit(power_vector)
@@ -467,8 +467,8 @@ def _part_b(cfg: Config, ctx: Context):
                 grads = jax.grad(lambda q: jnp.mean(losses(q)))(p)
                 upd, s_new = tx.update(grads, s, p, per_example_loss_fn=losses)
                 cost = jnp.asarray(_rbm_cd_cost(k), jnp.float32)
-                if c is not None:
-                    cost = cost + _ngd_cost(s, s_new)
+                if c is not None:  # the NGD step's own products; its gradient is counted above
+                    cost = cost + _ngd_cost(s, s_new) - 1.0
                 return (optax.apply_updates(p, upd), s_new), cost
 
             (params, opt_state), cost = jax.lax.scan(
@@ -631,7 +631,9 @@ def run(cfg: Config, ctx: Context) -> Outcome:
     rules = b["rules"]
     lab_cd1, lab_half, lab_cdk, lab_ngd, lab_match = (r[0] for r in rules)
     ll = {lab: np.asarray(b["res"][lab]["test"]) for lab in b["res"]}
-    margin_ll = 1.0  # nats per image: ≈ 1/8 of the η/2 effect measured before this rule was set
+    # nats per image, the value set before any RBM run (a later 1.0, chosen after seeing a
+    # run, flipped this row to "not reproduced" and was withdrawn by review)
+    margin_ll = 0.1
     v_rbm = paired_verdict(ll[lab_ngd] - ll[lab_cd1], margin=margin_ll)
     v_rbm_c = paired_verdict(ll[lab_ngd] - ll[lab_match], margin=margin_ll)
     control = float(np.mean(ll[lab_half] - ll[lab_cd1]))
@@ -842,7 +844,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
         for est, vals in d_.items()
     ]
     t_f = Table(
-        "Gradient fidelity (the poster's analogy, SPEC §7): each estimate against the exact "
+        "Gradient fidelity (the poster's analogy, theory §7): each estimate against the exact "
         "gradient of the training NLL, first three seeds (mean ± 95 % t-CI)",
         ["parameters", "estimate", "cosine", "relative error"],
         fid_rows,
