@@ -730,7 +730,7 @@ def run(cfg: Config, ctx: Context) -> Outcome:
             null=None,
             verdict=v_rbm_c[0],
             reason="Paired per-seed held-out LL gain NGD-CD-1 − CD-1 given NGD-CD-1's compute "
-            "(a Gibbs sweep and a gradient count 1 each; NGD adds 1 + power products + the CG "
+            "(a Gibbs sweep and a gradient count 1 each; NGD adds its power products and the CG "
             f"steps used); rule as above, smallest resolvable gain "
             f"{mde(ll[lab_ngd] - ll[lab_match])}.",
             unit="held-out LL gain (nats)",
